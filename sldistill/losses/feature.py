@@ -3,7 +3,7 @@
 Each function returns the *unweighted* loss; a distiller multiplies it by its
 ``LOSS.FEAT_WEIGHT``. Stage-feature losses take lists of ``[B, C, H, W]`` tensors (the
 stages the published distillers read); embedding losses take ``[B, D]`` tensors. The
-teacher side is treated as a constant where the release detaches it.
+teacher side is a target: it is detached (the release computes it under ``no_grad``).
 
 Parameter-free losses: :func:`at`, :func:`nst`, :func:`sp`, :func:`kdsvd`, :func:`pkt`,
 :func:`rkd`. Losses that need a connector's output or state: :func:`fitnet_hint`,
@@ -45,7 +45,7 @@ def _check_pairs(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor
         )
 
 
-def _match_spatial(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
+def match_spatial(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
     """Average-pool the larger of two maps down to the smaller one's height (square output,
     as released)."""
     s_h, t_h = f_s.shape[2], f_t.shape[2]
@@ -72,8 +72,8 @@ def at(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], p: floa
     """
     _check_pairs(student_feats, teacher_feats)
     total = student_feats[0].new_zeros(())
-    for f_s, f_t in zip(student_feats, teacher_feats):
-        f_s, f_t = _match_spatial(f_s, f_t)
+    for f_s, f_t in zip(student_feats, [t.detach() for t in teacher_feats]):
+        f_s, f_t = match_spatial(f_s, f_t)
         total = total + (_attention_map(f_s, p) - _attention_map(f_t, p)).pow(2).mean()
     return total
 
@@ -89,8 +89,8 @@ def nst(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Ten
     L2-normalised channel responses of student and teacher, summed over stages."""
     _check_pairs(student_feats, teacher_feats)
     total = student_feats[0].new_zeros(())
-    for f_s, f_t in zip(student_feats, teacher_feats):
-        f_s, f_t = _match_spatial(f_s, f_t)
+    for f_s, f_t in zip(student_feats, [t.detach() for t in teacher_feats]):
+        f_s, f_t = match_spatial(f_s, f_t)
         f_s = F.normalize(f_s.flatten(2), dim=2)
         f_t = F.normalize(f_t.flatten(2), dim=2)
         total = total + (
@@ -106,7 +106,7 @@ def sp(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tens
     release passes only the last stage)."""
     _check_pairs(student_feats, teacher_feats)
     total = student_feats[0].new_zeros(())
-    for f_s, f_t in zip(student_feats, teacher_feats):
+    for f_s, f_t in zip(student_feats, [t.detach() for t in teacher_feats]):
         b = f_s.shape[0]
         f_s, f_t = f_s.reshape(b, -1), f_t.reshape(b, -1)
         g_s = F.normalize(f_s @ f_s.t(), dim=1)
@@ -150,7 +150,7 @@ def kdsvd(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], k: i
     _check_pairs(student_feats, teacher_feats)
     total = student_feats[0].new_zeros(())
     prev_s = prev_t = None
-    for f_s, f_t in zip(student_feats, teacher_feats):
+    for f_s, f_t in zip(student_feats, [t.detach() for t in teacher_feats]):
         s_t, v_t = _top_singular(f_t, k)
         _, v_s = _top_singular(f_s, k + 3)
         v_s = _align_signs(v_s, v_t)
@@ -177,7 +177,7 @@ def pkt(student_embedding: Tensor, teacher_embedding: Tensor, eps: float = 1e-7)
         sim = (e @ e.t() + 1.0) / 2.0
         return sim / sim.sum(dim=1, keepdim=True)
 
-    p_s, p_t = _conditional(student_embedding), _conditional(teacher_embedding)
+    p_s, p_t = _conditional(student_embedding), _conditional(teacher_embedding.detach())
     return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
 
 
@@ -278,7 +278,7 @@ def hcl(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Ten
     1/8), divided by the sum of weights; summed over stages."""
     _check_pairs(student_feats, teacher_feats)
     total = student_feats[0].new_zeros(())
-    for f_s, f_t in zip(student_feats, teacher_feats):
+    for f_s, f_t in zip(student_feats, [t.detach() for t in teacher_feats]):
         h = f_s.shape[2]
         loss = F.mse_loss(f_s, f_t)
         weight, weight_sum = 1.0, 1.0
