@@ -1,0 +1,603 @@
+"""The trainer: one loop for one-view and two-view distillers, DOT, AMP, DDP, resume.
+
+:class:`Trainer` takes a built distiller and loaders and runs ``SOLVER.EPOCHS`` epochs:
+training (terms summed and stepped; DOT steps task and distillation terms apart), an
+evaluation after every epoch (top-1, top-5, loss; gathered over processes), metrics to
+CSV/JSONL/TensorBoard, and checkpoints (``latest.pth`` every epoch, ``best.pth``,
+``epoch_N.pth`` every ``LOG.SAVE_CHECKPOINT_FREQ`` epochs; see
+:mod:`sldistill.engine.checkpoint`).
+
+Inside a training step nothing synchronises with the host: losses, accuracy counts and a
+non-finite-loss record are accumulated on the device and read every ``log_interval``
+iterations and at the end of the epoch. A non-finite loss therefore stops the run at the
+next read, with a message naming the epoch, iteration and term where it first appeared;
+the checkpoints on disk are those of the last good epoch.
+
+SIGINT/SIGTERM (see :func:`install_signal_handlers`) finish the current iteration, write
+``latest.pth`` marked ``"interrupted"`` with the position in the epoch, and return; resuming
+replays the epoch's data order up to that position and continues from there.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sldistill.engine.checkpoint import (
+    BEST,
+    LATEST,
+    atomic_save,
+    capture_rng_state,
+    epoch_name,
+    find_resume_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+)
+from sldistill.engine.distributed import DistInfo, all_reduce_grads, all_reduce_sum
+from sldistill.engine.metrics import MetricLogger, evaluate, topk_correct
+from sldistill.optim import DOT, build_optimizer, build_scheduler, split_terms
+
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "NonFiniteLossError",
+    "StopFlag",
+    "STOP",
+    "install_signal_handlers",
+    "SUPPORTED_TRAINERS",
+    "amp_dtype",
+    "check_trainer_name",
+    "connector_state",
+]
+
+SUPPORTED_TRAINERS = ("base", "ours", "crd", "dot", "crd_dot")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; ``epoch``, ``iteration`` (1-based) and ``term`` say where."""
+
+    def __init__(self, epoch: int, iteration: int, term: str, value: float) -> None:
+        self.epoch, self.iteration, self.term, self.value = epoch, iteration, term, value
+        super().__init__(f"non-finite loss: term {term!r} = {value} at epoch {epoch}, iteration {iteration}; "
+                         "stopped, the checkpoints on disk are from the last completed epoch")
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the trainer checks it between iterations."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def set(self, signum: int) -> None:
+        """Record a stop request."""
+        self.signum = signum
+
+    def clear(self) -> None:
+        """Forget any stop request."""
+        self.signum = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        """``SIGTERM`` / ``SIGINT`` / ``''``."""
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
+STOP = StopFlag()
+
+
+def install_signal_handlers(flag: StopFlag = STOP) -> Callable[[], None]:
+    """Route SIGINT and SIGTERM to ``flag`` (a second SIGINT raises KeyboardInterrupt).
+
+    Returns a function restoring the previous handlers. Only works in the main thread; in
+    other threads it installs nothing.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and flag.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag.set(signum)
+
+    for s in previous:
+        signal.signal(s, handler)
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    return restore
+
+
+def check_trainer_name(name: str) -> str:
+    """Validate ``SOLVER.TRAINER``; ``aug`` and unknown names raise ``ValueError``."""
+    n = str(name).lower()
+    if n == "aug":
+        raise ValueError("SOLVER.TRAINER 'aug' (the DKD_aug trainer of the MLKD release) is not supported; "
+                         f"valid: {', '.join(SUPPORTED_TRAINERS)} (use 'ours' for two-view weak/strong training)")
+    if n not in SUPPORTED_TRAINERS:
+        raise ValueError(f"SOLVER.TRAINER {name!r} is not valid; valid: {', '.join(SUPPORTED_TRAINERS)}")
+    return n
+
+
+def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """``SOLVER.AMP`` -> autocast dtype (``None`` for ``none``). fp16 needs CUDA."""
+    n = str(name or "none").lower()
+    if n in ("none", "fp32", "false", ""):
+        return None
+    if n == "bf16":
+        return torch.bfloat16
+    if n == "fp16":
+        if device.type != "cuda":
+            raise ValueError(f"SOLVER.AMP 'fp16' needs a CUDA device (running on {device}); use 'bf16' or 'none' on CPU")
+        return torch.float16
+    raise ValueError(f"SOLVER.AMP {name!r} is not valid; valid: none, bf16, fp16")
+
+
+def connector_state(distiller: nn.Module) -> dict[str, Tensor]:
+    """The distiller's state dict minus ``student.`` and ``teacher.`` entries (connectors)."""
+    return {k: v for k, v in distiller.state_dict().items() if not (k.startswith("student.") or k.startswith("teacher."))}
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with. ``status``: ``finished``, ``interrupted`` or ``stopped``
+    (``stop_after_epoch`` reached). Accuracies are top-1 percentages."""
+
+    status: str
+    best_acc: float
+    best_epoch: int
+    last_acc: float
+    last_epoch: int
+    teacher_acc: float | None = None
+    run_dir: Path | None = None
+    history: list[dict] = field(default_factory=list)
+    signal_name: str = ""
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class Trainer:
+    """Train a distiller as the config says.
+
+    Args:
+        cfg: the experiment config (published keys; ``SOLVER``, ``LOG``, ``EXPERIMENT``).
+        distiller: a built :class:`~sldistill.distillers.Distiller` (on any device).
+        train_loader, val_loader: the loaders (see docs/architecture.md for batch layout).
+        run_dir: the run folder (written by rank 0 only).
+        dist_info: this process's place in the process group.
+        train_sampler: sampler with ``set_epoch`` (DDP), or ``None``.
+        resume: continue from ``run_dir/latest.pth``.
+        log_interval: iterations between host reads of the running sums (progress bar,
+            non-finite check, stop-signal agreement across processes).
+        stop_after_epoch: return after this epoch even if ``SOLVER.EPOCHS`` is larger (for
+            time-boxed jobs; resume continues).
+        stop_flag: the flag SIGINT/SIGTERM set.
+        logger: a :class:`MetricLogger` (built from ``run_dir`` when omitted).
+        on_iteration: test hook called as ``f(epoch, iteration)`` after each step.
+    """
+
+    def __init__(self, cfg: Any, distiller: nn.Module, train_loader: Iterable, val_loader: Iterable,
+                 run_dir: str | Path, dist_info: DistInfo | None = None, *, train_sampler: Any = None,
+                 resume: bool = False, log_interval: int = 20, stop_after_epoch: int | None = None,
+                 stop_flag: StopFlag = STOP, logger: MetricLogger | None = None,
+                 on_iteration: Callable[[int, int], None] | None = None) -> None:
+        self.cfg = cfg
+        self.dist = dist_info or DistInfo()
+        self.device = self.dist.device
+        self.run_dir = Path(run_dir)
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.train_sampler = train_sampler
+        self.resume = resume
+        self.log_interval = max(1, int(log_interval))
+        self.stop_after_epoch = stop_after_epoch
+        self.stop_flag = stop_flag
+        self.on_iteration = on_iteration
+        self.trainer_name = check_trainer_name(cfg.SOLVER.TRAINER)
+        self.use_dot = self.trainer_name in ("dot", "crd_dot")
+        self.epochs = int(cfg.SOLVER.EPOCHS)
+        self.amp_dtype = amp_dtype(cfg.SOLVER.AMP, self.device)
+        self.channels_last = bool(cfg.SOLVER.get("CHANNELS_LAST", True))
+        self.progress = bool(cfg.LOG.get("PROGRESS", True)) and self.dist.is_main
+        self.logger = logger or MetricLogger(self.run_dir, tensorboard=bool(cfg.LOG.get("TENSORBOARD", True)),
+                                             enabled=self.dist.is_main)
+        if self.use_dot and self.amp_dtype == torch.float16:
+            raise ValueError("SOLVER.AMP 'fp16' is not supported with the DOT trainer (two backward passes and a "
+                             "grad scaler); use 'bf16' or 'none'")
+
+        # ---- model placement
+        self.distiller = distiller.to(self.device)
+        if self.channels_last:
+            self.distiller = self.distiller.to(memory_format=torch.channels_last)
+        if bool(cfg.SOLVER.get("SYNC_BN", False)):
+            if self.device.type != "cuda":
+                raise ValueError("SOLVER.SYNC_BN needs CUDA: PyTorch's SyncBatchNorm runs only on CUDA devices "
+                                 f"(this run is on {self.device}); set SOLVER.SYNC_BN false")
+            if self.dist.distributed:
+                self.distiller.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.distiller.student)
+        self.num_views = int(getattr(self.distiller, "num_views", 1))
+        self.needs = tuple(getattr(self.distiller, "needs", ()))
+        self.model: nn.Module = self.distiller
+        if self.dist.distributed:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.distiller, device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(getattr(self.distiller, "ddp_find_unused_parameters", False)))
+
+        params = self.distiller.learnable_parameters()
+        self.optimizer = build_optimizer(cfg, params)
+        self.steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+        self.start_epoch = 1
+        self.skip_iters = 0
+        self.best_acc = -1.0
+        self.best_epoch = 0
+        self.teacher_acc: float | None = None
+        self._epoch_rng: dict | None = None
+        self._resume_rng: dict | None = None
+        if resume:
+            self._load_resume()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch: int, *, interrupted_at: int | None = None, epoch_rng: dict | None = None) -> dict:
+        cfg_plain = self.cfg.to_dict() if hasattr(self.cfg, "to_dict") else dict(self.cfg)
+        state = {
+            "model": self.distiller.student.state_dict(),
+            "distiller": connector_state(self.distiller),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "teacher_acc": self.teacher_acc,
+            "rng": capture_rng_state(),
+            "loader_rng": self._loader_rng(),
+            "cfg": cfg_plain,
+        }
+        if interrupted_at is not None:
+            state["interrupted"] = True
+            state["iteration"] = interrupted_at
+            state["epoch_rng"] = epoch_rng
+        return state
+
+    def _loader_generators(self) -> list[torch.Generator]:
+        gens = []
+        for obj in (self.train_loader, getattr(self.train_loader, "sampler", None),
+                    getattr(getattr(self.train_loader, "batch_sampler", None), "sampler", None)):
+            g = getattr(obj, "generator", None)
+            if isinstance(g, torch.Generator) and all(g is not h for h in gens):
+                gens.append(g)
+        return gens
+
+    def _loader_rng(self) -> list[Tensor]:
+        return [g.get_state() for g in self._loader_generators()]
+
+    def _restore_loader_rng(self, states: Sequence[Tensor] | None) -> None:
+        if not states:
+            return
+        for g, s in zip(self._loader_generators(), states):
+            g.set_state(s)
+
+    def _save(self, state: dict, name: str) -> None:
+        if self.dist.is_main:
+            atomic_save(state, self.run_dir / name)
+
+    def _load_resume(self) -> None:
+        path = find_resume_checkpoint(self.run_dir)
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.distiller.student.load_state_dict(ckpt["model"])
+        if ckpt.get("distiller"):
+            missing = self.distiller.load_state_dict(ckpt["distiller"], strict=False)
+            bad = [k for k in missing.unexpected_keys]
+            if bad:
+                raise ValueError(f"{path}: connector state has keys this distiller lacks: {bad[:5]}")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.best_acc = float(ckpt.get("best_acc", -1.0))
+        self.best_epoch = int(ckpt.get("best_epoch", 0))
+        self.teacher_acc = ckpt.get("teacher_acc")
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        if ckpt.get("interrupted"):
+            self.skip_iters = int(ckpt.get("iteration", 0))
+            self._epoch_rng = ckpt.get("epoch_rng")
+        self._resume_rng = ckpt.get("rng")
+        self._resume_loader_rng = ckpt.get("loader_rng")
+        where = f"epoch {self.start_epoch}" + (f", iteration {self.skip_iters + 1}" if self.skip_iters else "")
+        self.logger.info(f"resumed from {path}: continuing at {where} (best top-1 so far {self.best_acc:.2f})")
+
+    # ------------------------------------------------------------------ helpers
+    def _unpack(self, batch: Sequence[Any]) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
+        image, target = batch[0], batch[1]
+        views = list(image) if isinstance(image, (list, tuple)) else [image]
+        if len(views) != self.num_views:
+            raise ValueError(
+                f"DISTILLER.TYPE {self.cfg.DISTILLER.TYPE!r} trains on {self.num_views} view(s) but the loader gives "
+                f"{len(views)} (SOLVER.TRAINER {self.cfg.SOLVER.TRAINER!r}); two-view distillers need SOLVER.TRAINER 'ours'")
+        mf = torch.channels_last if self.channels_last else torch.contiguous_format
+        views = [v.to(self.device, non_blocking=True).contiguous(memory_format=mf) if v.dim() == 4
+                 else v.to(self.device, non_blocking=True) for v in views]
+        target = target.to(self.device, non_blocking=True)
+        extras: dict[str, Tensor] = {}
+        positions = {"index": 2, "contrast_index": 3}
+        for name in self.needs:
+            pos = positions.get(name)
+            if pos is None or len(batch) <= pos:
+                raise ValueError(f"DISTILLER.TYPE {self.cfg.DISTILLER.TYPE!r} needs batch item {name!r}, which the "
+                                 f"loader does not give (SOLVER.TRAINER {self.cfg.SOLVER.TRAINER!r}; CRD needs 'crd')")
+            extras[name] = batch[pos].to(self.device, non_blocking=True)
+        return views, target, extras
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def _train_step(self, views: list[Tensor], target: Tensor, epoch: int, extras: dict[str, Tensor]
+                    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """One optimisation step; returns (logits, terms, total) without host synchronisation."""
+        if self.use_dot:
+            ctx = self.model.no_sync() if isinstance(self.model, nn.parallel.DistributedDataParallel) else _null()
+            with ctx:
+                with self._autocast():
+                    logits, terms = self.model(views, target, epoch, **extras)
+                task, kd = split_terms(terms)
+                assert isinstance(self.optimizer, DOT)
+                self.optimizer.step_terms(task, kd, grad_sync=all_reduce_grads if self.dist.distributed else None)
+            total = task.detach() + kd.detach()
+        else:
+            with self._autocast():
+                logits, terms = self.model(views, target, epoch, **extras)
+            total = torch.stack([t.float() for t in terms.values()]).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.scale(total).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                total.backward()
+                self.optimizer.step()
+        self.scheduler.step()
+        return logits, terms, total
+
+    def _agree_stop(self) -> bool:
+        if not self.dist.distributed:
+            return bool(self.stop_flag)
+        t = torch.tensor([1.0 if self.stop_flag else 0.0], device=self.device)
+        all_reduce_sum(t)
+        return bool(t.item() > 0)
+
+    # ------------------------------------------------------------------ epochs
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch; returns averaged terms, loss, top-1, images/s and ``stopped_at``
+        (the iteration count when a stop signal ended the epoch early, else ``None``)."""
+        self.model.train()
+        if self.train_sampler is not None and hasattr(self.train_sampler, "set_epoch"):
+            self.train_sampler.set_epoch(epoch)
+        skip = self.skip_iters
+        if skip and self._epoch_rng is not None:
+            restore_rng_state(self._epoch_rng.get("global"))
+            self._restore_loader_rng(self._epoch_rng.get("loader"))
+        epoch_rng = {"global": capture_rng_state(), "loader": self._loader_rng()}
+        loader_iter = iter(self.train_loader)
+        if skip:
+            for _ in range(skip):  # replay the data order up to the interrupt point
+                next(loader_iter)
+            if self._resume_rng is not None:
+                restore_rng_state(self._resume_rng)
+            self._resume_rng = None
+            self.skip_iters = 0
+            self._epoch_rng = None
+
+        names: list[str] = []
+        sums = torch.zeros(0, dtype=torch.float64, device=self.device)
+        first_bad = torch.zeros(0, dtype=torch.long, device=self.device)
+        stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # total, correct@1, n
+        pbar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            pbar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch}/{self.epochs}",
+                        dynamic_ncols=True, leave=False, file=sys.stderr)
+        t0 = time.perf_counter()
+        images_seen = 0
+        iteration = skip
+        stopped_at = None
+        for batch in loader_iter:
+            iteration += 1
+            views, target, extras = self._unpack(batch)
+            logits, terms, total = self._train_step(views, target, epoch, extras)
+            if list(terms) != names:
+                names, sums, first_bad = _grow(names, sums, first_bad, list(terms))
+            vec = torch.stack([terms[n].detach().double() for n in names])
+            bad = ~torch.isfinite(vec)
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, iteration), first_bad)
+            sums += vec
+            stats[0] += total.detach().double()
+            stats[1] += topk_correct(logits.detach(), target, (1,))[0]
+            stats[2] += target.shape[0]
+            images_seen += target.shape[0] * len(views)
+            if self.on_iteration is not None:
+                self.on_iteration(epoch, iteration)
+            last = iteration == self.steps_per_epoch
+            if iteration % self.log_interval == 0 or last:
+                self._check_finite(epoch, names, first_bad, sums)
+                if pbar is not None:
+                    n_done = max(1, iteration - skip)
+                    avg = (sums / n_done).tolist()
+                    rate = images_seen / max(1e-9, time.perf_counter() - t0)
+                    pbar.set_postfix({**{_short(k): f"{v:.4f}" for k, v in zip(names, avg)},
+                                      "img/s": f"{rate:.0f}"}, refresh=False)
+                if self.dist.is_main and self.logger._tb is not None:
+                    step = (epoch - 1) * self.steps_per_epoch + iteration
+                    self.logger.scalar("train/loss", float((stats[0] / max(1.0, float(iteration - skip))).item()), step)
+                    self.logger.scalar("train/lr", self.scheduler.get_last_lr()[0], step)
+            if pbar is not None:
+                pbar.update(1)
+            if (not self.dist.distributed or iteration % self.log_interval == 0 or last) and self._agree_stop():
+                stopped_at = iteration
+                break
+        if pbar is not None:
+            pbar.close()
+        self._check_finite(epoch, names, first_bad, sums)
+        elapsed = time.perf_counter() - t0
+        all_reduce_sum(stats)
+        n_steps = max(1, (stopped_at or iteration) - skip)
+        out: dict[str, Any] = {f"train_{k}": v for k, v in zip(names, (sums / n_steps).tolist())}
+        tot, c1, n = stats.tolist()
+        out["train_loss"] = tot / max(1, n_steps * self.dist.world_size)
+        out["train_acc"] = 100.0 * c1 / max(1.0, n)
+        out["images_per_s"] = images_seen * self.dist.world_size / max(1e-9, elapsed)
+        out["stopped_at"] = stopped_at
+        out["epoch_rng"] = epoch_rng
+        return out
+
+    def _check_finite(self, epoch: int, names: list[str], first_bad: Tensor, sums: Tensor) -> None:
+        if first_bad.numel() == 0:
+            return
+        fb = first_bad.tolist()
+        hits = [(it, n) for it, n in zip(fb, names) if it >= 0]
+        if hits:
+            it, name = min(hits)
+            value = sums[names.index(name)].item()
+            raise NonFiniteLossError(epoch, it, name, value)
+
+    def evaluate_model(self, fn: Callable[[Tensor], Tensor], desc: str) -> dict[str, float]:
+        """Top-1/top-5/loss of ``fn`` on the validation loader, gathered over processes."""
+        prog = None
+        if self.progress:
+            from tqdm import tqdm
+
+            def prog(it: Iterable) -> Iterable:
+                return tqdm(it, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+        return evaluate(fn, self.val_loader, self.device, amp_dtype=self.amp_dtype,
+                        channels_last=self.channels_last, progress=prog)
+
+    def evaluate_teacher(self) -> float | None:
+        """Teacher top-1 on the validation set (``None`` when there is no teacher)."""
+        teacher = getattr(self.distiller, "teacher", None)
+        if teacher is None:
+            return None
+        teacher.eval()
+        res = self.evaluate_model(lambda x: teacher(x)[0], "teacher eval")
+        self.logger.info(f"teacher {self.cfg.DISTILLER.TEACHER}: top-1 {res['top1']:.2f}  top-5 {res['top5']:.2f}  "
+                         f"loss {res['loss']:.4f}")
+        return res["top1"]
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self) -> TrainResult:
+        """Run from the start (or resume) epoch to ``SOLVER.EPOCHS``; see :class:`TrainResult`."""
+        if self.dist.distributed:
+            self.logger.info(f"DDP: {self.dist.world_size} processes ({self.dist.backend}); global batch "
+                             f"{self.cfg.SOLVER.BATCH_SIZE}, per-process batch "
+                             f"{int(self.cfg.SOLVER.BATCH_SIZE) // self.dist.world_size}")
+        if self.teacher_acc is None:
+            self.teacher_acc = self.evaluate_teacher()
+        if self._resume_rng is not None and not self.skip_iters:
+            restore_rng_state(self._resume_rng)
+            self._restore_loader_rng(getattr(self, "_resume_loader_rng", None))
+            self._resume_rng = None
+        history: list[dict] = []
+        last_acc, last_epoch = float("nan"), self.start_epoch - 1
+        status = "finished"
+        for epoch in range(self.start_epoch, self.epochs + 1):
+            lr = self.scheduler.get_last_lr()[0]
+            train = self.train_epoch(epoch)
+            epoch_rng = train.pop("epoch_rng")
+            stopped_at = train.pop("stopped_at")
+            if stopped_at is not None:
+                self._save(self._state(epoch - 1, interrupted_at=stopped_at, epoch_rng=epoch_rng), LATEST)
+                self.logger.info(f"stopped by {self.stop_flag.name or 'signal'} at epoch {epoch}, iteration "
+                                 f"{stopped_at}; saved {self.run_dir / LATEST} (resume with --resume)")
+                status = "interrupted"
+                break
+            val = self.evaluate_model(self.distiller.forward_test, f"eval {epoch}")
+            is_best = val["top1"] >= self.best_acc
+            if is_best:
+                self.best_acc, self.best_epoch = val["top1"], epoch
+            last_acc, last_epoch = val["top1"], epoch
+            row = {"lr": lr, **train, "test_acc": val["top1"], "test_acc_top5": val["top5"],
+                   "test_loss": val["loss"], "best_acc": self.best_acc}
+            history.append({"epoch": epoch, **row})
+            self.logger.log_epoch(epoch, row)
+            terms = "  ".join(f"{k[6:]} {v:.4f}" for k, v in train.items() if k.startswith("train_loss_"))
+            self.logger.info(f"epoch {epoch}/{self.epochs}  lr {lr:.5g}  {terms}  train top-1 {train['train_acc']:.2f}  "
+                             f"test top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  loss {val['loss']:.4f}  "
+                             f"best {self.best_acc:.2f} (epoch {self.best_epoch})  {train['images_per_s']:.0f} img/s")
+            if self.dist.is_main:
+                state = self._state(epoch)
+                self._save(state, LATEST)
+                if is_best:
+                    self._save(state, BEST)
+                freq = int(self.cfg.LOG.get("SAVE_CHECKPOINT_FREQ", 0) or 0)
+                if freq > 0 and epoch % freq == 0:
+                    self._save(state, epoch_name(epoch))
+            if self.stop_after_epoch is not None and epoch >= self.stop_after_epoch and epoch < self.epochs:
+                status = "stopped"
+                break
+            if self._agree_stop():
+                self.logger.info(f"stopped by {self.stop_flag.name or 'signal'} after epoch {epoch}; "
+                                 f"{self.run_dir / LATEST} is up to date (resume with --resume)")
+                status = "interrupted"
+                break
+        if status == "finished":
+            self.logger.info(f"done: best top-1 {self.best_acc:.2f} at epoch {self.best_epoch}; last top-1 "
+                             f"{last_acc:.2f} at epoch {last_epoch}"
+                             + (f"; teacher top-1 {self.teacher_acc:.2f}" if self.teacher_acc is not None else ""))
+            if self.dist.is_main:
+                summary = {"best_acc": self.best_acc, "best_epoch": self.best_epoch, "last_acc": last_acc,
+                           "last_epoch": last_epoch, "teacher_acc": self.teacher_acc}
+                import json
+
+                (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.logger.close()
+        return TrainResult(status, self.best_acc, self.best_epoch, last_acc, last_epoch, self.teacher_acc,
+                           self.run_dir, history, self.stop_flag.name)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> None:
+        return None
+
+
+def _short(name: str) -> str:
+    return name[5:] if name.startswith("loss_") else name
+
+
+def _grow(names: list[str], sums: Tensor, first_bad: Tensor, new: list[str]) -> tuple[list[str], Tensor, Tensor]:
+    """Extend the running per-term sums when the set of term names changes (e.g. a term that
+    switches on at a later epoch); existing entries keep their position."""
+    out_names = list(names)
+    for n in new:
+        if n not in out_names:
+            out_names.append(n)
+    if len(out_names) == len(names) and set(new) == set(names):
+        return names, sums, first_bad
+    extra = len(out_names) - len(names)
+    sums = torch.cat([sums, sums.new_zeros(extra)])
+    first_bad = torch.cat([first_bad, first_bad.new_full((extra,), -1)])
+    if set(new) != set(out_names):
+        missing = [n for n in out_names if n not in new]
+        raise ValueError(f"the distiller's loss terms changed within an epoch (missing {missing}); "
+                         "terms may only be added, at epoch boundaries")
+    return out_names, sums, first_bad
