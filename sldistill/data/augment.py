@@ -1,0 +1,582 @@
+"""Weak and strong views: the crop/flip transforms and the released RandAugment-style policy.
+
+The strong policy is the one SLD and MLKD train with: after the view's own crop and flip,
+two operations are drawn *with replacement* from :data:`STRONG_OPS`, each applied with a
+magnitude drawn uniformly from its published ``(low, high)`` range, and then a Cutout square
+of side ``U[0, 0.5) * width`` is painted at a uniformly random centre, filled with
+``(125, 123, 114)``. The operations follow PIL's arithmetic (nearest-neighbour affine maps
+filled with black, the ``ImageEnhance`` blends truncating towards zero, PIL's grey weights)
+so that the distribution is that of the released PIL pipeline.
+
+Two implementations live here:
+
+* :class:`StrongAugment` works on a *batch* of ``uint8`` tensors ``[N, 3, H, W]`` with
+  per-sample operations and magnitudes (the loaders run it in the collate step of each
+  worker: one vectorised call per operation and batch instead of dozens of PIL calls per
+  image);
+* :func:`pil_op` / :func:`pil_strong_augment` are the plain per-image PIL version of the same
+  policy (the reference the tests compare the tensor operations with, and the baseline of
+  ``benchmarks/data.py``).
+
+Per-sample geometric transforms (random crop with padding, random-resized crop, resize +
+centre crop, rotation) act on one image in the dataset's ``__getitem__`` and take an explicit
+``numpy.random.Generator``, so a seed fixes the whole augmentation stream.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+__all__ = [
+    "STRONG_OPS",
+    "CUTOUT_FILL",
+    "CUTOUT_MAX_FRACTION",
+    "apply_op",
+    "cutout",
+    "StrongAugment",
+    "normalize_batch",
+    "pil_op",
+    "pil_cutout",
+    "pil_strong_augment",
+    "RandomCropFlip",
+    "RandomResizedCropFlip",
+    "ResizeCenterCrop",
+    "RandomRotateFlip",
+    "ResizeRandomCropFlip",
+    "ToArray",
+    "to_rgb_array",
+]
+
+# (name, low, high): the released operation list and magnitude ranges, in the released order.
+STRONG_OPS: tuple[tuple[str, float, float], ...] = (
+    ("AutoContrast", 0.0, 1.0),
+    ("Brightness", 0.05, 0.95),
+    ("Color", 0.05, 0.95),
+    ("Contrast", 0.05, 0.95),
+    ("Equalize", 0.0, 1.0),
+    ("Identity", 0.0, 1.0),
+    ("Posterize", 4.0, 8.0),
+    ("Rotate", -30.0, 30.0),
+    ("Sharpness", 0.05, 0.95),
+    ("ShearX", -0.3, 0.3),
+    ("ShearY", -0.3, 0.3),
+    ("Solarize", 0.0, 256.0),
+    ("TranslateX", -0.3, 0.3),
+    ("TranslateY", -0.3, 0.3),
+)
+OP_NAMES: tuple[str, ...] = tuple(name for name, _, _ in STRONG_OPS)
+CUTOUT_FILL: tuple[int, int, int] = (125, 123, 114)
+CUTOUT_MAX_FRACTION: float = 0.5  # side = U[0, 0.5) * width
+NUM_OPS: int = 2  # operations per image, drawn with replacement
+
+_GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor operations: imgs uint8 [N, 3, H, W], v float64 [N] (one magnitude per image)
+# ---------------------------------------------------------------------------------------------
+
+def _blend(degenerate: torch.Tensor, imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """PIL ``Image.blend`` for factors in [0, 1]: ``trunc(d + f * (x - d))`` in float32."""
+    f = v.to(torch.float32).view(-1, 1, 1, 1)
+    d = degenerate.to(torch.float32)
+    out = d + f * (imgs.to(torch.float32) - d)
+    return out.clamp_(0, 255).to(torch.uint8)  # float -> uint8 truncates towards zero
+
+
+def _grey(imgs: torch.Tensor) -> torch.Tensor:
+    """PIL's RGB -> L conversion (ITU-R 601-2 weights in 16-bit fixed point), shape [N, 1, H, W]."""
+    x = imgs.to(torch.int32)
+    return ((x[:, 0:1] * 19595 + x[:, 1:2] * 38470 + x[:, 2:3] * 7471 + 0x8000) >> 16).to(torch.uint8)
+
+
+def _autocontrast(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    flat = imgs.flatten(2)
+    lo = flat.amin(dim=2).to(torch.float64)
+    hi = flat.amax(dim=2).to(torch.float64)
+    span = hi - lo
+    ok = span > 0
+    scale = torch.where(ok, 255.0 / span.clamp(min=1.0), torch.ones_like(span))
+    offset = torch.where(ok, -lo * scale, torch.zeros_like(lo))
+    out = torch.trunc(flat.to(torch.float64) * scale.unsqueeze(-1) + offset.unsqueeze(-1))
+    return out.clamp_(0, 255).to(torch.uint8).view_as(imgs)
+
+
+def _brightness(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return _blend(torch.zeros_like(imgs), imgs, v)
+
+
+def _color(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return _blend(_grey(imgs).expand_as(imgs), imgs, v)
+
+
+def _contrast(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    mean = _grey(imgs).flatten(1).to(torch.float64).mean(dim=1)
+    level = torch.floor(mean + 0.5).to(torch.uint8).view(-1, 1, 1, 1)
+    return _blend(level.expand_as(imgs), imgs, v)
+
+
+def _equalize(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = imgs.shape
+    flat = imgs.reshape(n * c, h * w).to(torch.int64)
+    hist = torch.zeros(n * c, 256, dtype=torch.int64)
+    hist.scatter_add_(1, flat, torch.ones_like(flat))
+    nonzero = hist > 0
+    count = nonzero.sum(dim=1)
+    # value of the last non-empty bin (the histogram entry for the brightest level present)
+    last_level = 255 - torch.flip(nonzero, dims=[1]).to(torch.int64).argmax(dim=1)
+    last = hist.gather(1, last_level.unsqueeze(1)).squeeze(1)
+    step = (h * w - last) // 255
+    use = (count > 1) & (step > 0)
+    safe = torch.where(use, step, torch.ones_like(step)).unsqueeze(1)
+    before = torch.cumsum(hist, dim=1) - hist  # pixels strictly below each level
+    lut = ((safe // 2 + before) // safe).clamp_(max=255)
+    ident = torch.arange(256, dtype=torch.int64).expand(n * c, 256)
+    lut = torch.where(use.unsqueeze(1), lut, ident)
+    return lut.gather(1, flat).to(torch.uint8).view(n, c, h, w)
+
+
+def _identity(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return imgs
+
+
+def _posterize(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    bits = v.to(torch.int64).clamp(1, 8)  # int(v), at least 1, as released
+    mask = (255 - ((1 << (8 - bits)) - 1)).to(torch.uint8).view(-1, 1, 1, 1)
+    return imgs & mask
+
+
+_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+
+
+def _sharpness(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = imgs.shape
+    x = imgs.to(torch.float32).reshape(n * c, 1, h, w)
+    smooth = torch.nn.functional.conv2d(x, _SMOOTH.view(1, 1, 3, 3).to(x.dtype))
+    degenerate = imgs.clone()
+    # PIL's 3x3 filter rounds to nearest and leaves the one-pixel border unfiltered.
+    degenerate[:, :, 1:-1, 1:-1] = torch.floor(smooth + 0.5).clamp_(0, 255).to(torch.uint8).view(n, c, h - 2, w - 2)
+    return _blend(degenerate, imgs, v)
+
+
+def _solarize(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    thr = v.view(-1, 1, 1, 1)
+    return torch.where(imgs.to(torch.float64) >= thr, 255 - imgs, imgs)
+
+
+def _affine_coeffs(name: str, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """PIL affine data ``(a, b, c, d, e, f)`` (output pixel -> input position), shape [N, 6]."""
+    n = v.shape[0]
+    one = torch.ones(n, dtype=torch.float64)
+    zero = torch.zeros(n, dtype=torch.float64)
+    if name == "ShearX":
+        return torch.stack([one, v, zero, zero, one, zero], 1)
+    if name == "ShearY":
+        return torch.stack([one, zero, zero, v, one, zero], 1)
+    if name == "TranslateX":
+        return torch.stack([one, zero, v * w, zero, one, zero], 1)
+    if name == "TranslateY":
+        return torch.stack([one, zero, zero, zero, one, v * h], 1)
+    if name == "Rotate":  # counter-clockwise by v degrees about the image centre (PIL Image.rotate)
+        phi = -torch.deg2rad(torch.remainder(v, 360.0))
+        a, b = torch.cos(phi), torch.sin(phi)
+        a, b = torch.round(a * 1e15) / 1e15, torch.round(b * 1e15) / 1e15
+        cx, cy = w / 2.0, h / 2.0
+        c = a * (-cx) + b * (-cy) + cx
+        f = -b * (-cx) + a * (-cy) + cy
+        return torch.stack([a, b, c, -b, a, f], 1)
+    raise ValueError(f"{name!r} is not a geometric operation; valid: {_GEOMETRIC}")
+
+
+def _warp(imgs: torch.Tensor, coeffs: torch.Tensor, fill: int = 0) -> torch.Tensor:
+    """Nearest-neighbour affine warp with PIL's sampling rule, outside filled with ``fill``."""
+    n, c, h, w = imgs.shape
+    ys = torch.arange(h, dtype=torch.float64).view(1, h, 1) + 0.5
+    xs = torch.arange(w, dtype=torch.float64).view(1, 1, w) + 0.5
+    k = coeffs.view(n, 6, 1, 1)
+    xin = torch.floor(k[:, 0] * xs + k[:, 1] * ys + k[:, 2])
+    yin = torch.floor(k[:, 3] * xs + k[:, 4] * ys + k[:, 5])
+    valid = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
+    src = (yin.clamp(0, h - 1) * w + xin.clamp(0, w - 1)).to(torch.int64).view(n, 1, h * w)
+    out = imgs.reshape(n, c, h * w).gather(2, src.expand(n, c, h * w)).view(n, c, h, w)
+    return out.masked_fill_(~valid.unsqueeze(1), fill)
+
+
+def _geometric(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def op(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return _warp(imgs, _affine_coeffs(name, v, imgs.shape[2], imgs.shape[3]))
+
+    op.__name__ = f"_{name.lower()}"
+    return op
+
+
+_TENSOR_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "AutoContrast": _autocontrast,
+    "Brightness": _brightness,
+    "Color": _color,
+    "Contrast": _contrast,
+    "Equalize": _equalize,
+    "Identity": _identity,
+    "Posterize": _posterize,
+    "Sharpness": _sharpness,
+    "Solarize": _solarize,
+    **{g: _geometric(g) for g in _GEOMETRIC},
+}
+
+
+def apply_op(name: str, imgs: torch.Tensor, magnitude: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Apply one strong operation to a ``uint8`` batch ``[N, 3, H, W]`` (or one image ``[3, H, W]``).
+
+    ``magnitude`` is the released operation's argument (e.g. degrees for ``Rotate``, a
+    fraction of the width for ``TranslateX``, the threshold for ``Solarize``): a number for
+    all images or one value per image. The result equals PIL's on the same image, up to
+    float rounding at exact sampling boundaries.
+    """
+    if name not in _TENSOR_OPS:
+        raise ValueError(f"unknown strong operation {name!r}; valid: {list(OP_NAMES)}")
+    single = imgs.dim() == 3
+    x = imgs.unsqueeze(0) if single else imgs
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected uint8 images [N, 3, H, W], got {tuple(imgs.shape)} {imgs.dtype}")
+    v = torch.as_tensor(magnitude, dtype=torch.float64).reshape(-1)
+    if v.numel() == 1:
+        v = v.expand(x.shape[0])
+    elif v.numel() != x.shape[0]:
+        raise ValueError(f"got {v.numel()} magnitudes for {x.shape[0]} images")
+    out = _TENSOR_OPS[name](x.contiguous(), v.contiguous())
+    return out[0] if single else out
+
+
+def cutout(imgs: torch.Tensor, side: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor,
+           fill: Sequence[int] = CUTOUT_FILL) -> torch.Tensor:
+    """Paint the released Cutout square on each image of a ``uint8`` batch (in place; returned).
+
+    ``side`` (pixels, float), ``cx`` and ``cy`` (centre, float) are per image. As released:
+    the top-left corner is ``int(max(0, centre - side / 2))``, the far corner
+    ``min(size, corner + side)``, and PIL's rectangle includes both corners; ``side <= 0``
+    leaves the image unchanged.
+    """
+    n, _, h, w = imgs.shape
+    side = side.to(torch.float64).view(n, 1)
+    x0 = torch.trunc((cx.to(torch.float64).view(n, 1) - side / 2).clamp(min=0))
+    y0 = torch.trunc((cy.to(torch.float64).view(n, 1) - side / 2).clamp(min=0))
+    x1 = torch.trunc(torch.minimum(x0 + side, torch.full_like(x0, float(w))))
+    y1 = torch.trunc(torch.minimum(y0 + side, torch.full_like(y0, float(h))))
+    xs = torch.arange(w, dtype=torch.float64).view(1, w)
+    ys = torch.arange(h, dtype=torch.float64).view(1, h)
+    on = side > 0
+    mx = (xs >= x0) & (xs <= x1) & on
+    my = (ys >= y0) & (ys <= y1) & on
+    mask = (my.unsqueeze(2) & mx.unsqueeze(1)).unsqueeze(1)  # [N, 1, H, W]
+    colour = torch.tensor(list(fill), dtype=torch.uint8).view(1, 3, 1, 1).expand_as(imgs)
+    return torch.where(mask, colour, imgs)
+
+
+class StrongAugment:
+    """The released strong policy on a ``uint8`` batch ``[N, 3, H, W]``, per-image randomness.
+
+    For each image: ``num_ops`` operations drawn uniformly with replacement from ``ops``,
+    each magnitude ``low + (high - low) * U[0, 1)``, applied in order; then Cutout with side
+    ``U[0, cutout) * W`` at a uniform centre (``cutout=0`` disables it). Images that drew
+    the same operation at the same step are processed together in one vectorised call.
+    """
+
+    def __init__(self, num_ops: int = NUM_OPS, ops: Sequence[tuple[str, float, float]] = STRONG_OPS,
+                 cutout: float = CUTOUT_MAX_FRACTION, fill: Sequence[int] = CUTOUT_FILL) -> None:
+        for name, lo, hi in ops:
+            if name not in _TENSOR_OPS:
+                raise ValueError(f"unknown strong operation {name!r}; valid: {list(OP_NAMES)}")
+            if hi < lo:
+                raise ValueError(f"operation {name}: range ({lo}, {hi}) has high < low")
+        if num_ops < 0:
+            raise ValueError(f"num_ops must be >= 0, got {num_ops}")
+        if not 0.0 <= cutout <= 1.0:
+            raise ValueError(f"cutout fraction must be in [0, 1], got {cutout}")
+        self.num_ops = int(num_ops)
+        self.ops = tuple((str(n), float(lo), float(hi)) for n, lo, hi in ops)
+        self.cutout = float(cutout)
+        self.fill = tuple(int(c) for c in fill)
+        self._lo = torch.tensor([lo for _, lo, _ in self.ops], dtype=torch.float64)
+        self._span = torch.tensor([hi - lo for _, lo, hi in self.ops], dtype=torch.float64)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``(op_ids [n, num_ops], magnitudes [n, num_ops])`` for ``n`` images."""
+        ids = torch.randint(0, len(self.ops), (n, self.num_ops), generator=generator)
+        u = torch.rand((n, self.num_ops), generator=generator, dtype=torch.float64)
+        return ids, self._lo[ids] + self._span[ids] * u
+
+    def apply(self, imgs: torch.Tensor, ids: torch.Tensor, mags: torch.Tensor) -> torch.Tensor:
+        """Apply drawn operations (see :meth:`sample`) to ``imgs``; no randomness."""
+        out = imgs.contiguous()
+        for step in range(ids.shape[1]):
+            col = ids[:, step]
+            present = torch.unique(col).tolist()
+            for k in present:
+                name = self.ops[k][0]
+                if name == "Identity":
+                    continue
+                sel = (col == k).nonzero().squeeze(1)
+                if sel.numel() == out.shape[0]:
+                    out = _TENSOR_OPS[name](out, mags[:, step])
+                else:
+                    out = out.index_copy(0, sel, _TENSOR_OPS[name](out.index_select(0, sel), mags[sel, step]))
+        return out
+
+    def __call__(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment a ``uint8`` batch ``[N, 3, H, W]``; returns a new ``uint8`` batch."""
+        if imgs.dtype != torch.uint8 or imgs.dim() != 4 or imgs.shape[1] != 3:
+            raise ValueError(f"expected uint8 images [N, 3, H, W], got {tuple(imgs.shape)} {imgs.dtype}")
+        n, _, h, w = imgs.shape
+        ids, mags = self.sample(n, generator)
+        out = self.apply(imgs, ids, mags)
+        if self.cutout > 0:
+            u = torch.rand((n, 3), generator=generator, dtype=torch.float64)
+            out = cutout(out, u[:, 0] * self.cutout * w, u[:, 1] * w, u[:, 2] * h, self.fill)
+        return out
+
+
+def normalize_batch(imgs: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``uint8 [N, C, H, W]`` -> ``float32`` ``(x / 255 - mean) / std`` (what ToTensor + Normalize give)."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (imgs.to(torch.float32).div_(255.0) - m).div_(s)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain PIL version of the policy (reference and benchmark baseline)
+# ---------------------------------------------------------------------------------------------
+
+def _pil_affine(img: Image.Image, coeffs: tuple[float, ...]) -> Image.Image:
+    return img.transform(img.size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.NEAREST)
+
+
+def pil_op(name: str, img: Image.Image, v: float) -> Image.Image:
+    """One strong operation on an RGB PIL image, with PIL's own functions (the reference)."""
+    w, h = img.size
+    if name == "AutoContrast":
+        return ImageOps.autocontrast(img)
+    if name == "Brightness":
+        return ImageEnhance.Brightness(img).enhance(v)
+    if name == "Color":
+        return ImageEnhance.Color(img).enhance(v)
+    if name == "Contrast":
+        return ImageEnhance.Contrast(img).enhance(v)
+    if name == "Equalize":
+        return ImageOps.equalize(img)
+    if name == "Identity":
+        return img
+    if name == "Posterize":
+        return ImageOps.posterize(img, max(1, int(v)))
+    if name == "Rotate":
+        return img.rotate(v)
+    if name == "Sharpness":
+        return ImageEnhance.Sharpness(img).enhance(v)
+    if name == "ShearX":
+        return _pil_affine(img, (1, v, 0, 0, 1, 0))
+    if name == "ShearY":
+        return _pil_affine(img, (1, 0, 0, v, 1, 0))
+    if name == "Solarize":
+        return ImageOps.solarize(img, v)
+    if name == "TranslateX":
+        return _pil_affine(img, (1, 0, v * w, 0, 1, 0))
+    if name == "TranslateY":
+        return _pil_affine(img, (1, 0, 0, 0, 1, v * h))
+    raise ValueError(f"unknown strong operation {name!r}; valid: {list(OP_NAMES)}")
+
+
+def pil_cutout(img: Image.Image, side: float, cx: float, cy: float,
+               fill: Sequence[int] = CUTOUT_FILL) -> Image.Image:
+    """The released Cutout on a PIL image (a filled ``ImageDraw`` rectangle)."""
+    if side <= 0:
+        return img
+    w, h = img.size
+    x0 = int(max(0.0, cx - side / 2.0))
+    y0 = int(max(0.0, cy - side / 2.0))
+    x1 = min(w, x0 + side)
+    y1 = min(h, y0 + side)
+    img = img.copy()
+    ImageDraw.Draw(img).rectangle((x0, y0, x1, y1), tuple(fill))
+    return img
+
+
+def pil_strong_augment(img: Image.Image, rng: np.random.Generator, num_ops: int = NUM_OPS,
+                       ops: Sequence[tuple[str, float, float]] = STRONG_OPS,
+                       cutout_fraction: float = CUTOUT_MAX_FRACTION) -> Image.Image:
+    """The strong policy on one PIL image, one PIL call per operation (benchmark baseline)."""
+    for k in rng.integers(0, len(ops), size=num_ops):
+        name, lo, hi = ops[int(k)]
+        img = pil_op(name, img, lo + (hi - lo) * float(rng.random()))
+    w, h = img.size
+    side = float(rng.random()) * cutout_fraction * w
+    return pil_cutout(img, side, float(rng.random()) * w, float(rng.random()) * h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-sample geometric transforms (weak view; the strong view's crop): image -> uint8 HWC array
+# ---------------------------------------------------------------------------------------------
+
+def to_rgb_array(img: Image.Image | np.ndarray) -> np.ndarray:
+    """A PIL image or ``H x W [x C]`` array as a ``uint8`` ``H x W x 3`` array (grey repeated)."""
+    a = np.asarray(img.convert("RGB") if isinstance(img, Image.Image) and img.mode != "RGB" else img)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return np.ascontiguousarray(a, dtype=np.uint8)
+
+
+class ToArray:
+    """No augmentation: the image as a ``uint8`` ``H x W x 3`` array (CIFAR / Tiny-ImageNet test)."""
+
+    def __call__(self, img: Image.Image | np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return to_rgb_array(img)
+
+    def __repr__(self) -> str:
+        return "ToArray()"
+
+
+class RandomCropFlip:
+    """``RandomCrop(size, padding)`` (zero padding) then a horizontal flip with probability 1/2."""
+
+    def __init__(self, size: int, padding: int = 4, flip: bool = True) -> None:
+        self.size, self.padding, self.flip = int(size), int(padding), bool(flip)
+
+    def __call__(self, img: Image.Image | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        a = to_rgb_array(img)
+        h, w = a.shape[:2]
+        p, s = self.padding, self.size
+        if h + 2 * p < s or w + 2 * p < s:
+            raise ValueError(f"image {h}x{w} with padding {p} is smaller than the crop {s}")
+        top = int(rng.integers(0, h + 2 * p - s + 1)) - p
+        left = int(rng.integers(0, w + 2 * p - s + 1)) - p
+        out = np.zeros((s, s, 3), dtype=np.uint8)
+        y0, y1 = max(top, 0), min(top + s, h)
+        x0, x1 = max(left, 0), min(left + s, w)
+        out[y0 - top:y1 - top, x0 - left:x1 - left] = a[y0:y1, x0:x1]
+        if self.flip and rng.random() < 0.5:
+            out = out[:, ::-1]
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomCropFlip(size={self.size}, padding={self.padding}, flip={self.flip})"
+
+
+def _resize_short(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    if min(w, h) == size:
+        return img
+    if w <= h:
+        nw, nh = size, int(size * h / w)
+    else:
+        nw, nh = int(size * w / h), size
+    return img.resize((nw, nh), Image.Resampling.BILINEAR)
+
+
+def _center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    if w < size or h < size:  # pad like torchvision's CenterCrop
+        canvas = Image.new(img.mode, (max(w, size), max(h, size)))
+        canvas.paste(img, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
+        img, (w, h) = canvas, canvas.size
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def _as_pil(img: Image.Image | np.ndarray) -> Image.Image:
+    if isinstance(img, Image.Image):
+        return img if img.mode == "RGB" else img.convert("RGB")
+    return Image.fromarray(to_rgb_array(img))
+
+
+class RandomResizedCropFlip:
+    """``RandomResizedCrop(size, scale, ratio)`` (bilinear) then a horizontal flip with p = 1/2.
+
+    The crop box is drawn as torchvision does: up to 10 tries of an area fraction
+    ``U(scale)`` and a log-uniform aspect ratio; otherwise the centred crop of the largest
+    box within ``ratio``.
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0), flip: bool = True) -> None:
+        self.size, self.scale, self.ratio, self.flip = int(size), tuple(scale), tuple(ratio), bool(flip)
+
+    def box(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """``(top, left, h, w)`` of the crop."""
+        area = width * height
+        log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * rng.uniform(self.scale[0], self.scale[1])
+            aspect = math.exp(rng.uniform(log_r[0], log_r[1]))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+        in_ratio = width / height
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            h, w = height, int(round(height * max(self.ratio)))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, img: Image.Image | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        pil = _as_pil(img)
+        top, left, h, w = self.box(pil.size[0], pil.size[1], rng)
+        pil = pil.resize((self.size, self.size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+        a = np.asarray(pil)
+        if self.flip and rng.random() < 0.5:
+            a = a[:, ::-1]
+        return to_rgb_array(a)
+
+    def __repr__(self) -> str:
+        return f"RandomResizedCropFlip(size={self.size}, scale={self.scale}, ratio={self.ratio})"
+
+
+class ResizeCenterCrop:
+    """``Resize(resize)`` (shorter side, bilinear) then ``CenterCrop(crop)`` (ImageNet test)."""
+
+    def __init__(self, resize: int, crop: int) -> None:
+        self.resize, self.crop = int(resize), int(crop)
+
+    def __call__(self, img: Image.Image | np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return to_rgb_array(_center_crop(_resize_short(_as_pil(img), self.resize), self.crop))
+
+    def __repr__(self) -> str:
+        return f"ResizeCenterCrop(resize={self.resize}, crop={self.crop})"
+
+
+class ResizeRandomCropFlip:
+    """``Resize(size)`` + ``CenterCrop(size)``, then ``RandomCrop(size, padding)`` + flip (small folders)."""
+
+    def __init__(self, size: int, padding: int) -> None:
+        self.size = int(size)
+        self.inner = RandomCropFlip(size, padding)
+
+    def __call__(self, img: Image.Image | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.inner(_center_crop(_resize_short(_as_pil(img), self.size), self.size), rng)
+
+    def __repr__(self) -> str:
+        return f"ResizeRandomCropFlip(size={self.size}, padding={self.inner.padding})"
+
+
+class RandomRotateFlip:
+    """``RandomRotation(degrees)`` (nearest, black fill) then a horizontal flip (Tiny-ImageNet)."""
+
+    def __init__(self, degrees: float = 20.0, flip: bool = True) -> None:
+        self.degrees, self.flip = float(degrees), bool(flip)
+
+    def __call__(self, img: Image.Image | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        angle = float(rng.uniform(-self.degrees, self.degrees))
+        a = np.asarray(_as_pil(img).rotate(angle, resample=Image.Resampling.NEAREST))
+        if self.flip and rng.random() < 0.5:
+            a = a[:, ::-1]
+        return to_rgb_array(a)
+
+    def __repr__(self) -> str:
+        return f"RandomRotateFlip(degrees={self.degrees})"
