@@ -105,7 +105,7 @@ def ours(cfg: CfgNode, method: str) -> dict[str, Any]:
     if dataset != "cifar100":
         out["DATASET"]["NUM_WORKERS"] = cfg.DATASET.NUM_WORKERS
         out["DATASET"]["TEST"] = {"BATCH_SIZE": cfg.DATASET.TEST.BATCH_SIZE}
-    if cfg.DISTILLER.LOGIT_PROCESSOR != "none":
+    if dtype != "NONE":  # explicit even when 'none': a --base sortkd would otherwise sort KD/DKD
         out["DISTILLER"]["LOGIT_PROCESSOR"] = cfg.DISTILLER.LOGIT_PROCESSOR
     if dtype in ("KD", "MLKD", "SLD"):
         out["KD"] = {"TEMPERATURE": cfg.KD.TEMPERATURE,
@@ -185,11 +185,12 @@ def fashion_mnist() -> dict[Path, str]:
         {"EXPERIMENT": {"PROJECT": "fashion_mnist", "TAG": "vanilla,resnet8"}, "DATASET": common_data,
          "DISTILLER": {"TYPE": "NONE", "STUDENT": "resnet8"}, "SOLVER": solver, "LOG": log})
     students = {
-        "kd": ({"TYPE": "KD"}, {"KD": {"TEMPERATURE": 4, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9}}}, "base"),
+        "kd": ({"TYPE": "KD", "LOGIT_PROCESSOR": "none"}, {"KD": {"TEMPERATURE": 4, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9}}}, "base"),
         "kd_sort": ({"TYPE": "KD", "LOGIT_PROCESSOR": "sort"},
                     {"KD": {"TEMPERATURE": 4, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9}}}, "base"),
-        "dkd": ({"TYPE": "DKD"}, {"DKD": {"CE_WEIGHT": 1.0, "ALPHA": 1.0, "BETA": 8.0, "T": 4.0, "WARMUP": 2}}, "base"),
-        "sld": ({"TYPE": "SLD"}, {"KD": {"LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9}},
+        "dkd": ({"TYPE": "DKD", "LOGIT_PROCESSOR": "none"}, {"DKD": {"CE_WEIGHT": 1.0, "ALPHA": 1.0, "BETA": 8.0, "T": 4.0, "WARMUP": 2}}, "base"),
+        "sld": ({"TYPE": "SLD", "LOGIT_PROCESSOR": "none"},
+                {"KD": {"TEMPERATURE": 4, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9}},
                                   "SLD": {"TEMPERATURES": [1, 2, 3, 4, 5, 6], "GAMMA_FRACTION": 0.625}}, "ours"),
     }
     for method, (distiller, extra, trainer) in students.items():

@@ -673,18 +673,37 @@ def _merge(cfg: CfgNode, data: Mapping[str, Any], source: str, explicit: set[str
             raise _unknown_key(source, key)
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader that also reads ``1e-4`` / ``5E+3`` (no dot) as floats, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def _parse_value(raw: str, spec: Spec) -> Any:
     if spec.kind == "str":
         try:
-            parsed = yaml.safe_load(raw)
+            parsed = _yaml_load(raw)
         except yaml.YAMLError:
             return raw
         return parsed if isinstance(parsed, str) else raw  # '123', 'true' stay strings
     try:
-        return yaml.safe_load(raw)
+        return _yaml_load(raw)
     except yaml.YAMLError:
         return raw
 
@@ -817,7 +836,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise FileNotFoundError(f"cannot read config file {path}: {e}") from e
     try:
-        data = yaml.safe_load(text)
+        data = _yaml_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(str(path), "", f"not valid YAML: {e}") from None
     if data is None:
