@@ -313,7 +313,7 @@ def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
 
 DATASET_TYPES = ("cifar100", "imagenet", "tiny_imagenet", "fashion_mnist", "folder")
 TRAINERS = ("base", "ours", "crd", "dot", "aug", "crd_dot")
-OPTIMIZERS = ("SGD", "Adam", "AdamW")
+OPTIMIZERS = ("SGD",)  # what sldistill.optim.build_optimizer implements
 AMP_MODES = ("none", "bf16", "fp16")
 SCHEDULERS = ("step", "cosine")
 PROCESSORS = ("none", "sort", "swap", "zscore")
