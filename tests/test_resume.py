@@ -1,0 +1,128 @@
+"""Resume and faults: epoch-boundary resume equality, SIGTERM mid-epoch, atomic writes, RNG."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from sldistill.engine.checkpoint import (
+    atomic_save,
+    capture_rng_state,
+    find_resume_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+)
+from sldistill.engine.distributed import DistInfo
+from sldistill.engine.trainer import StopFlag, Trainer, install_signal_handlers
+from test_trainer import make_cfg, make_parts
+
+
+@pytest.fixture
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def _trainer(tmp_path, cfg, name, **kw):
+    distiller, train, val = make_parts(cfg, views=kw.pop("views", 1))
+    return Trainer(cfg, distiller, train, val, tmp_path / name, DistInfo(), **kw)
+
+
+def _assert_same_state(a: Trainer, b: Trainer):
+    for (k, va), vb in zip(a.distiller.state_dict().items(), b.distiller.state_dict().values()):
+        assert torch.equal(va, vb), k
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        assert torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"])
+    assert a.scheduler.get_last_lr() == b.scheduler.get_last_lr()
+
+
+def test_resume_at_epoch_boundary_equals_uninterrupted(tmp_path, deterministic):
+    cfg = make_cfg(tmp_path, EPOCHS=3, LR_DECAY_STAGES=[2])
+    torch.manual_seed(123)
+    full = _trainer(tmp_path, cfg, "full")
+    res_full = full.fit()
+
+    torch.manual_seed(123)
+    part = _trainer(tmp_path, cfg, "part", stop_after_epoch=1)
+    assert part.fit().status == "stopped"
+    assert load_checkpoint(tmp_path / "part" / "latest.pth")["epoch"] == 1
+    torch.manual_seed(999)  # a new process: whatever state the generators are in
+    random.seed(5)
+    resumed = _trainer(tmp_path, cfg, "part", resume=True)
+    assert resumed.start_epoch == 2
+    res = resumed.fit()
+    _assert_same_state(full, resumed)
+    assert res.best_acc == res_full.best_acc and res.best_epoch == res_full.best_epoch
+    rows = (tmp_path / "part" / "metrics.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+
+
+def test_sigterm_mid_epoch_saves_and_resume_matches(tmp_path, deterministic):
+    cfg = make_cfg(tmp_path, EPOCHS=2, TRAINER="ours")
+    torch.manual_seed(7)
+    full = _trainer(tmp_path, cfg, "full", views=2)
+    full.fit()
+
+    flag = StopFlag()
+    restore = install_signal_handlers(flag)
+    try:
+        def kill_at(epoch, it):
+            if (epoch, it) == (2, 2):
+                os.kill(os.getpid(), signal.SIGTERM)  # a real signal, handled by the installed handler
+
+        torch.manual_seed(7)
+        t = _trainer(tmp_path, cfg, "cut", views=2, stop_flag=flag, on_iteration=kill_at)
+        res = t.fit()
+    finally:
+        restore()
+    assert res.status == "interrupted" and res.signal_name == "SIGTERM"
+    ck = load_checkpoint(tmp_path / "cut" / "latest.pth")
+    assert ck["interrupted"] and ck["epoch"] == 1 and ck["iteration"] == 2
+    assert "stopped by SIGTERM at epoch 2, iteration 2" in (tmp_path / "cut" / "log.txt").read_text()
+
+    torch.manual_seed(1)
+    resumed = _trainer(tmp_path, cfg, "cut", views=2, resume=True)
+    assert (resumed.start_epoch, resumed.skip_iters) == (2, 2)
+    assert resumed.fit().status == "finished"
+    _assert_same_state(full, resumed)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "best.pth").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"no latest.pth in .*r \(found: best.pth\)"):
+        find_resume_checkpoint(tmp_path / "r")
+    cfg = make_cfg(tmp_path)
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        _trainer(tmp_path, cfg, "empty", resume=True)
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("boom while writing")
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "latest.pth"
+    atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_save({"epoch": 2, "bad": _Unpicklable()}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]  # no temp file left behind
+
+
+def test_rng_state_roundtrip():
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    state = capture_rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    restore_rng_state(state)
+    b = (random.random(), np.random.rand(), torch.rand(3))
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
