@@ -193,15 +193,27 @@ def _affine_coeffs(name: str, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def _warp(imgs: torch.Tensor, coeffs: torch.Tensor, fill: int = 0) -> torch.Tensor:
-    """Nearest-neighbour affine warp with PIL's sampling rule, outside filled with ``fill``."""
+    """Nearest-neighbour affine warp with PIL's sampling rule, outside filled with ``fill``.
+
+    Output pixel ``(x, y)`` reads input ``floor(a (x + .5) + b (y + .5) + c)`` (likewise for
+    rows), evaluated as PIL's nearest-neighbour affine does: in 16.16 fixed point, with each
+    coefficient rounded to the nearest 1/65536.
+    """
     n, c, h, w = imgs.shape
-    ys = torch.arange(h, dtype=torch.float64).view(1, h, 1) + 0.5
-    xs = torch.arange(w, dtype=torch.float64).view(1, 1, w) + 0.5
-    k = coeffs.view(n, 6, 1, 1)
-    xin = torch.floor(k[:, 0] * xs + k[:, 1] * ys + k[:, 2])
-    yin = torch.floor(k[:, 3] * xs + k[:, 4] * ys + k[:, 5])
+
+    def fix(t: torch.Tensor) -> torch.Tensor:
+        return torch.floor(t * 65536.0 + 0.5).to(torch.int64).view(n, 1, 1)
+
+    k = coeffs
+    a0, a1, a3, a4 = fix(k[:, 0]), fix(k[:, 1]), fix(k[:, 3]), fix(k[:, 4])
+    a2 = fix(k[:, 2] + k[:, 0] * 0.5 + k[:, 1] * 0.5)
+    a5 = fix(k[:, 5] + k[:, 3] * 0.5 + k[:, 4] * 0.5)
+    ys = torch.arange(h, dtype=torch.int64).view(1, h, 1)
+    xs = torch.arange(w, dtype=torch.int64).view(1, 1, w)
+    xin = (a2 + a0 * xs + a1 * ys) >> 16
+    yin = (a5 + a3 * xs + a4 * ys) >> 16
     valid = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-    src = (yin.clamp(0, h - 1) * w + xin.clamp(0, w - 1)).to(torch.int64).view(n, 1, h * w)
+    src = (yin.clamp(0, h - 1) * w + xin.clamp(0, w - 1)).view(n, 1, h * w)
     out = imgs.reshape(n, c, h * w).gather(2, src.expand(n, c, h * w)).view(n, c, h, w)
     return out.masked_fill_(~valid.unsqueeze(1), fill)
 

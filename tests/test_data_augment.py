@@ -1,0 +1,171 @@
+"""The strong policy on uint8 tensors against PIL, its ranges and Cutout; per-image crops."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sldistill.data.augment import (
+    CUTOUT_FILL,
+    STRONG_OPS,
+    RandomCropFlip,
+    RandomResizedCropFlip,
+    ResizeCenterCrop,
+    StrongAugment,
+    apply_op,
+    cutout,
+    normalize_batch,
+    pil_cutout,
+    pil_op,
+)
+
+# the released operation list and (min, max) ranges
+RELEASED = {
+    "AutoContrast": (0, 1), "Brightness": (0.05, 0.95), "Color": (0.05, 0.95), "Contrast": (0.05, 0.95),
+    "Equalize": (0, 1), "Identity": (0, 1), "Posterize": (4, 8), "Rotate": (-30, 30),
+    "Sharpness": (0.05, 0.95), "ShearX": (-0.3, 0.3), "ShearY": (-0.3, 0.3), "Solarize": (0, 256),
+    "TranslateX": (-0.3, 0.3), "TranslateY": (-0.3, 0.3),
+}
+
+
+def _image(rng: np.random.Generator, h: int = 32, w: int = 32, levels: bool = False) -> np.ndarray:
+    a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return (a // 64 * 50 + 20).astype(np.uint8) if levels else a
+
+
+def test_op_table_is_the_released_one():
+    assert {n: (lo, hi) for n, lo, hi in STRONG_OPS} == RELEASED
+    assert CUTOUT_FILL == (125, 123, 114)
+
+
+@pytest.mark.parametrize("name", [n for n, _, _ in STRONG_OPS])
+def test_tensor_op_matches_pil(name):
+    lo, hi = RELEASED[name]
+    rng = np.random.default_rng(hash(name) % 2**32)
+    mismatched, total = 0, 0
+    for t in range(12):
+        a = _image(rng, 32, 32 + t % 3, levels=t % 4 == 0)
+        # random magnitudes, plus the ends of the range and round values (exact sampling ties)
+        v = [lo, hi - 1e-9, lo + 0.25 * (hi - lo), lo + 0.6 * (hi - lo)][t] if t < 4 else lo + (hi - lo) * rng.random()
+        ref = np.asarray(pil_op(name, Image.fromarray(a), v))
+        out = apply_op(name, torch.from_numpy(a).permute(2, 0, 1), v).permute(1, 2, 0).numpy()
+        assert out.shape == ref.shape and out.dtype == np.uint8
+        mismatched += int((out != ref).sum())
+        total += out.size
+    assert mismatched == 0, f"{mismatched} of {total} values differ"
+
+
+def test_per_image_magnitudes_in_one_batch():
+    rng = np.random.default_rng(1)
+    imgs = np.stack([_image(rng) for _ in range(4)])
+    mags = [-30.0, -5.0, 12.5, 29.9]
+    out = apply_op("Rotate", torch.from_numpy(imgs).permute(0, 3, 1, 2), mags)
+    for i, v in enumerate(mags):
+        single = apply_op("Rotate", torch.from_numpy(imgs[i]).permute(2, 0, 1), v)
+        assert torch.equal(out[i], single)
+    with pytest.raises(ValueError, match="3 magnitudes for 4 images"):
+        apply_op("Rotate", torch.from_numpy(imgs).permute(0, 3, 1, 2), [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="unknown strong operation 'Invert'"):
+        apply_op("Invert", torch.from_numpy(imgs).permute(0, 3, 1, 2), 0.0)
+
+
+def test_sampled_ops_and_magnitudes_stay_in_range_and_cover_all_ops():
+    aug = StrongAugment()
+    g = torch.Generator().manual_seed(0)
+    ids, mags = aug.sample(20000, g)
+    assert ids.shape == mags.shape == (20000, 2)
+    counts = torch.bincount(ids.flatten(), minlength=14).float()
+    expected = ids.numel() / 14
+    assert ((counts - expected).abs() / expected).max() < 0.08  # uniform with replacement
+    assert (ids[:, 0] == ids[:, 1]).float().mean().item() == pytest.approx(1 / 14, abs=0.01)
+    for k, (name, lo, hi) in enumerate(STRONG_OPS):
+        m = mags[ids == k]
+        assert m.min() >= lo and m.max() < hi, name
+        assert m.max() - m.min() > 0.9 * (hi - lo), name  # spans its range
+
+
+def test_apply_follows_the_drawn_ops_in_order():
+    rng = np.random.default_rng(2)
+    imgs = np.stack([_image(rng, levels=i % 2 == 0) for i in range(6)])
+    aug = StrongAugment()
+    names = [n for n, _, _ in STRONG_OPS]
+    ids = torch.tensor([[names.index(a), names.index(b)] for a, b in [
+        ("Rotate", "Equalize"), ("Solarize", "ShearX"), ("Identity", "Posterize"),
+        ("Color", "Color"), ("TranslateY", "AutoContrast"), ("Sharpness", "Contrast")]])
+    mags = torch.tensor([[10.0, 0.5], [100.0, 0.2], [0.3, 5.0], [0.2, 0.9], [-0.2, 0.1], [0.5, 0.3]],
+                        dtype=torch.float64)
+    out = aug.apply(torch.from_numpy(imgs).permute(0, 3, 1, 2), ids, mags)
+    for i in range(6):
+        ref = Image.fromarray(imgs[i])
+        for step in range(2):
+            ref = pil_op(names[ids[i, step]], ref, float(mags[i, step]))
+        assert np.array_equal(out[i].permute(1, 2, 0).numpy(), np.asarray(ref)), i
+
+
+def test_cutout_matches_pil_and_released_size_rule():
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        a = _image(rng)
+        side, cx, cy = rng.random() * 16, rng.random() * 32, rng.random() * 32
+        ref = np.asarray(pil_cutout(Image.fromarray(a), side, cx, cy))
+        out = cutout(torch.from_numpy(a).permute(2, 0, 1)[None], torch.tensor([side]), torch.tensor([cx]),
+                     torch.tensor([cy]))[0]
+        assert np.array_equal(out.permute(1, 2, 0).numpy(), ref)
+    # policy with only Identity: what changes is the Cutout square, side < W/2 (+1, PIL includes both ends)
+    aug = StrongAugment(ops=(("Identity", 0.0, 1.0),))
+    imgs = torch.zeros(200, 3, 32, 32, dtype=torch.uint8)
+    out = aug(imgs, torch.Generator().manual_seed(0))
+    painted = (out != 0).any(1)
+    fill = torch.tensor(CUTOUT_FILL, dtype=torch.uint8).view(3, 1)
+    widths = []
+    for i in range(200):
+        ys, xs = painted[i].nonzero(as_tuple=True)
+        if len(ys) == 0:
+            continue
+        assert torch.equal(out[i][:, ys, xs], fill.expand(3, len(ys)))
+        hgt, wid = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+        assert len(ys) == hgt * wid  # a filled rectangle
+        assert wid <= 17 and hgt <= 17
+        widths.append(wid)
+    assert max(widths) >= 14 and len(widths) > 150
+
+
+def test_strong_augment_deterministic_with_generator_and_changes_images():
+    rng = np.random.default_rng(4)
+    imgs = torch.from_numpy(np.stack([_image(rng) for _ in range(16)])).permute(0, 3, 1, 2).contiguous()
+    aug = StrongAugment()
+    a = aug(imgs, torch.Generator().manual_seed(5))
+    b = aug(imgs, torch.Generator().manual_seed(5))
+    c = aug(imgs, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.dtype == torch.uint8 and a.shape == imgs.shape
+    assert (a != imgs).flatten(1).any(1).float().mean() > 0.9  # cutout alone changes almost all
+    with pytest.raises(ValueError, match="uint8 images"):
+        aug(imgs.float())
+
+
+def test_random_crop_flip_is_a_window_of_the_padded_image():
+    rng = np.random.default_rng(5)
+    a = _image(rng)
+    padded = np.pad(a, ((4, 4), (4, 4), (0, 0)))
+    t = RandomCropFlip(32, padding=4)
+    g = np.random.default_rng(0)
+    flips = 0
+    for _ in range(40):
+        out = t(a, g)
+        assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+        found = [(y, x, f) for y in range(9) for x in range(9) for f in (0, 1)
+                 if np.array_equal(out[:, ::-1] if f else out, padded[y:y + 32, x:x + 32])]
+        assert found
+        flips += found[0][2]
+    assert 5 < flips < 35
+
+
+def test_resized_crops_and_normalize():
+    img = Image.fromarray(np.random.default_rng(6).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    assert RandomResizedCropFlip(24)(img, np.random.default_rng(0)).shape == (24, 24, 3)
+    assert ResizeCenterCrop(28, 24)(img).shape == (24, 24, 3)
+    x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    y = normalize_batch(x, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+    assert torch.allclose(y[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
