@@ -8,8 +8,8 @@ indices ``[B, K + 1]`` (positive first). Validation batches are ``(image, target
 Randomness: every process (the main one, or each loader worker) owns a numpy generator for
 the per-image crops and a torch generator for the batched strong policy, seeded from the run
 seed (main process) or from the worker seed that the loader's own seeded generator hands out.
-A seed therefore fixes the sample order and the whole augmentation stream, whatever the
-number of workers is *for that number of workers*.
+A seed therefore fixes the sample order and the whole augmentation stream for a given number
+of workers (the stream differs between worker counts, and between DDP ranks).
 
 ``drop_last``: the published loaders keep the last, smaller training batch
 (``DataLoader``'s default); so do we, except that a last batch of exactly one image is
@@ -333,7 +333,7 @@ def build_datasets(cfg: Any, *, rank: int = 0, seed: int | None = None) -> Datas
     """Build the training and validation datasets described by ``cfg`` (see module docstring).
 
     Keys read: ``DATASET.TYPE``, ``DATASET.ROOT``, ``DATASET.DOWNLOAD``,
-    ``DATASET.TRAIN_SUBSET``, ``SOLVER.TRAINER``, ``CRD.NCE.K``, ``CRD.MODE``,
+    ``DATASET.TRAIN_SUBSET``, ``DATASET.SUBSET_SEED``, ``SOLVER.TRAINER``, ``CRD.NCE.K``, ``CRD.MODE``,
     ``EXPERIMENT.SEED``; optional ``DATASET.IMAGE_SIZE`` (``folder`` only, default 32).
     """
     kind = str(_get(cfg, "DATASET.TYPE", "cifar100"))
@@ -343,7 +343,7 @@ def build_datasets(cfg: Any, *, rank: int = 0, seed: int | None = None) -> Datas
     if trainer not in _KNOWN_TRAINERS:
         raise ValueError(f"unknown SOLVER.TRAINER {trainer!r}; valid: {list(_KNOWN_TRAINERS)}")
     seed = int(_get(cfg, "EXPERIMENT.SEED", 0) if seed is None else seed)
-    rng = ProcessRNG(seed * 1000003 + 17)
+    rng = ProcessRNG(seed * 1000003 + 17 + 7919 * rank)  # each DDP process its own stream
     root = resolve_root(_get(cfg, "DATASET.ROOT", ""))
     train_view, test_view = view_transforms(kind, _get(cfg, "DATASET.IMAGE_SIZE", None))
     two_view = trainer in TWO_VIEW_TRAINERS
@@ -353,7 +353,9 @@ def build_datasets(cfg: Any, *, rank: int = 0, seed: int | None = None) -> Datas
     if subset < 0:
         raise ValueError(f"DATASET.TRAIN_SUBSET must be >= 0, got {subset}")
     if 0 < subset < len(train):
-        train = train.subset(balanced_subset(train.targets, subset, len(classes), seed))
+        subset_seed = int(_get(cfg, "DATASET.SUBSET_SEED", -1))
+        subset_seed = seed if subset_seed < 0 else subset_seed
+        train = train.subset(balanced_subset(train.targets, subset, len(classes), subset_seed))
     train_ds: torch.utils.data.Dataset = train
     if trainer in CRD_TRAINERS:
         k = int(_get(cfg, "CRD.NCE.K", 16384))
@@ -428,7 +430,7 @@ def build_loaders(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str |
                   worker_init_fn=_worker_init if workers > 0 else None)
     train = DataLoader(ds.train, batch_size=batch, shuffle=sampler is None, sampler=sampler,
                        drop_last=drop_last, collate_fn=ds.train_collate,
-                       generator=torch.Generator().manual_seed(seed), **common)
+                       generator=torch.Generator().manual_seed(seed + 104729 * rank), **common)
     val = DataLoader(ds.val, batch_size=val_batch, shuffle=False, drop_last=False,
                      collate_fn=ds.val_collate, generator=torch.Generator().manual_seed(seed + 1), **common)
     return Loaders(train=train, val=val, num_classes=ds.num_classes, train_sampler=sampler,
