@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -127,7 +126,7 @@ def read_checkpoint(path: str | os.PathLike, *, weights_only: bool = True) -> An
                 "If you trust the file, load it with weights_only=False."
             ) from e
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError) as e:
+    except Exception as e:  # truncated zip, bad magic number, unpickler errors on garbage, ...
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
 
 
