@@ -18,7 +18,7 @@ from sldistill.engine.checkpoint import (
 )
 from sldistill.engine.distributed import DistInfo
 from sldistill.engine.trainer import StopFlag, Trainer, install_signal_handlers
-from test_trainer import make_cfg, make_parts
+from test_trainer import _one_thread, make_cfg, make_parts  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture

@@ -21,6 +21,11 @@ from sldistill.engine.trainer import NonFiniteLossError, StopFlag, Trainer, amp_
 NUM_CLASSES = 5
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # the conftest fixture restores the count afterwards
+
+
 class TinyNet(nn.Module):
     """conv-BN-ReLU-pool-linear; ``forward`` returns ``(logits, features)`` like the zoo."""
 

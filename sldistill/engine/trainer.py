@@ -214,7 +214,7 @@ class Trainer:
         self.epochs = int(cfg.SOLVER.EPOCHS)
         self.amp_dtype = amp_dtype(cfg.SOLVER.AMP, self.device)
         self.channels_last = bool(cfg.SOLVER.get("CHANNELS_LAST", True))
-        self.progress = bool(cfg.LOG.get("PROGRESS", True)) and self.dist.is_main
+        self.progress = bool(cfg.LOG.get("PROGRESS", True)) and self.dist.is_main and sys.stderr.isatty()
         self.logger = logger or MetricLogger(self.run_dir, tensorboard=bool(cfg.LOG.get("TENSORBOARD", True)),
                                              enabled=self.dist.is_main)
         if self.use_dot and self.amp_dtype == torch.float16:
