@@ -78,6 +78,53 @@ def _check_processor(name: str, arg: str = "processor") -> str:
     return name
 
 
+class _StackedKL(torch.autograd.Function):
+    """Forward computes the weighted multi-temperature KL, the student's per-temperature
+    ``logsumexp`` and, at the same time, the gradient (``sum_T w_T / T * (q^T - p^T)``), so
+    that each of the student and the teacher costs one fused softmax over ``[nT, N, C]``."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, inv: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        scale = inv[:, None, None]
+        xs = s.unsqueeze(0) * scale
+        q = torch.softmax(xs, dim=-1)
+        # logsumexp(x) = max(x) + log Z and q at the arg-max is 1 / Z: no second exp pass;
+        # for T > 0 the max and arg-max of s / T are those of s.
+        s_max, s_arg = s.max(dim=1, keepdim=True)
+        lse_s = s_max.squeeze(1) * inv[:, None] - torch.log(q.gather(-1, s_arg.expand(len(inv), -1, -1)).squeeze(-1))
+        pt = torch.softmax(t.unsqueeze(0) * scale, dim=-1)
+        t_max, t_arg = t.max(dim=1, keepdim=True)
+        lse_t = t_max.squeeze(1) * inv[:, None] - torch.log(pt.gather(-1, t_arg.expand(len(inv), -1, -1)).squeeze(-1))
+        # KL_T(n) = sum_c p (x_t - x_s) - lse_t + lse_s, with x_t - x_s = (t - s) / T
+        kl = (pt * (t - s).unsqueeze(0)).sum(dim=-1) * inv[:, None] - lse_t + lse_s
+        w = weight.expand_as(kl)
+        value = (w * kl).sum()
+        if weight.shape[1] == 1:  # per-temperature weights: two matrix-vector products
+            coef = (weight.squeeze(1) * inv).unsqueeze(0)
+            grad = (coef @ q.flatten(1) - coef @ pt.flatten(1)).view_as(s)
+        else:
+            grad = _weighted_sum(q - pt, w * inv[:, None])
+        ctx.save_for_backward(grad, q, inv)
+        return value, lse_s
+
+    @staticmethod
+    def backward(ctx, g_value: Optional[Tensor], g_lse: Optional[Tensor]):  # type: ignore[override]
+        grad, q, inv = ctx.saved_tensors
+        out = None
+        if g_value is not None:
+            out = grad * g_value
+        if g_lse is not None:
+            extra = _weighted_sum(q, g_lse * inv[:, None])
+            out = extra if out is None else out + extra
+        return out, None, None, None
+
+
+def _weighted_sum(x: Tensor, coef: Tensor) -> Tensor:
+    """``sum_k coef[k, n] * x[k, n, :]`` for ``x`` ``[nT, N, C]`` and ``coef`` ``[nT, N]``."""
+    return (x * coef.unsqueeze(-1)).sum(dim=0)
+
+
 def _stacked_kl(s: Tensor, t: Tensor, temps: Sequence[float], weight: Tensor) -> tuple[Tensor, Tensor]:
     r"""``sum_{T, n} weight[T, n] * KL(softmax(t_n / T) || softmax(s_n / T))`` in one pass.
 
@@ -88,20 +135,10 @@ def _stacked_kl(s: Tensor, t: Tensor, temps: Sequence[float], weight: Tensor) ->
         weight: ``[nT, N]`` or ``[nT, 1]`` weights (no gradient).
 
     Returns:
-        ``(value, lse)`` with ``lse[k, n] = logsumexp(s_n / temps[k])`` (reusable).
+        ``(value, lse)`` with ``lse[k, n] = logsumexp(s_n / temps[k])`` (differentiable, reusable).
     """
     inv = torch.tensor([1.0 / T for T in temps], dtype=s.dtype, device=s.device)
-    xs = s.unsqueeze(0) * inv[:, None, None]
-    lse = torch.logsumexp(xs, dim=-1)  # [nT, N]
-    with torch.no_grad():
-        lt = torch.log_softmax(t.unsqueeze(0) * inv[:, None, None], dim=-1)
-        pt = lt.exp()
-        w = weight.expand(len(temps), s.shape[0])
-        neg_entropy = (w * (pt * lt).sum(-1)).sum()
-        # temperature-weighted teacher probabilities, sum_T w_T / T * p^T  -> [N, C]
-        g = torch.einsum("kn,knc->nc", w * inv[:, None], pt)
-    cross = (g * s).sum() - (w * lse).sum()
-    return neg_entropy - cross, lse
+    return _StackedKL.apply(s, t.detach(), inv, weight.detach())
 
 
 def _prepare_pair(student: Tensor, teacher: Tensor, sname: str = "student", tname: str = "teacher") -> None:
@@ -408,12 +445,9 @@ def sld(
         s_t, t_p = s, get_processor(teacher_processor)(t, y.squeeze(1))
     loss_kd, lse = _stacked_kl(s_t, t_p, temps, w)
 
-    # cross-entropy on both views (reuse the T = 1 logsumexp of raw logits when available)
+    # cross-entropy on both views
     s_y = s.gather(1, y)  # [2B, 1]
-    if teacher_processor != "zscore" and 1.0 in temps:
-        loss_ce = ce_weight * (lse[temps.index(1.0)] - s_y.squeeze(1)).sum() / B
-    else:
-        loss_ce = ce_weight * (F.cross_entropy(s[:B], y1) + F.cross_entropy(s[B:], y1))
+    loss_ce = ce_weight * (F.cross_entropy(s[:B], y1) + F.cross_entropy(s[B:], y1))
 
     # pseudo-teacher term
     if epoch > gamma and student_processor != "none":
