@@ -150,16 +150,17 @@ def _posterize(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return imgs & mask
 
 
-_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
-
-
 def _sharpness(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    n, c, h, w = imgs.shape
-    x = imgs.to(torch.float32).reshape(n * c, 1, h, w)
-    smooth = torch.nn.functional.conv2d(x, _SMOOTH.view(1, 1, 3, 3).to(x.dtype))
+    # degenerate = PIL's SMOOTH filter: 3x3 kernel [[1,1,1],[1,5,1],[1,1,1]] / 13, rounded to
+    # nearest (integer sums never tie), one-pixel border left unfiltered.
+    x = imgs.to(torch.int32)
+    h, w = x.shape[2], x.shape[3]
+    total = 4 * x[:, :, 1:-1, 1:-1]
+    for dy in range(3):
+        for dx in range(3):
+            total = total + x[:, :, dy:h - 2 + dy, dx:w - 2 + dx]
     degenerate = imgs.clone()
-    # PIL's 3x3 filter rounds to nearest and leaves the one-pixel border unfiltered.
-    degenerate[:, :, 1:-1, 1:-1] = torch.floor(smooth + 0.5).clamp_(0, 255).to(torch.uint8).view(n, c, h - 2, w - 2)
+    degenerate[:, :, 1:-1, 1:-1] = ((2 * total + 13) // 26).to(torch.uint8)
     return _blend(degenerate, imgs, v)
 
 
@@ -324,18 +325,25 @@ class StrongAugment:
     def apply(self, imgs: torch.Tensor, ids: torch.Tensor, mags: torch.Tensor) -> torch.Tensor:
         """Apply drawn operations (see :meth:`sample`) to ``imgs``; no randomness."""
         out = imgs.contiguous()
+        h, w = out.shape[2], out.shape[3]
         for step in range(ids.shape[1]):
             col = ids[:, step]
-            present = torch.unique(col).tolist()
-            for k in present:
+            geo_sel, geo_coeffs = [], []
+            for k in torch.unique(col).tolist():
                 name = self.ops[k][0]
                 if name == "Identity":
                     continue
                 sel = (col == k).nonzero().squeeze(1)
-                if sel.numel() == out.shape[0]:
+                if name in _GEOMETRIC:  # all affine maps of this step in one warp
+                    geo_sel.append(sel)
+                    geo_coeffs.append(_affine_coeffs(name, mags[sel, step], h, w))
+                elif sel.numel() == out.shape[0]:
                     out = _TENSOR_OPS[name](out, mags[:, step])
                 else:
                     out = out.index_copy(0, sel, _TENSOR_OPS[name](out.index_select(0, sel), mags[sel, step]))
+            if geo_sel:
+                sel = torch.cat(geo_sel)
+                out = out.index_copy(0, sel, _warp(out.index_select(0, sel), torch.cat(geo_coeffs)))
         return out
 
     def __call__(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
