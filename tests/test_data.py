@@ -304,3 +304,11 @@ def test_root_resolution(monkeypatch, tmp_path):
     assert resolve_root("") == Path("data")
     with pytest.raises(ValueError, match="unknown DATASET.TYPE 'cifar10'"):
         build_datasets(_cfg("cifar10", tmp_path))
+
+
+def test_pin_memory_only_on_cuda(cifar_root):
+    cfg = _cfg("cifar100", cifar_root)
+    assert build_loaders(cfg, device="cpu").train.pin_memory is False
+    assert build_loaders(cfg, device="cuda:0").train.pin_memory is True  # built, not iterated
+    cfg.DATASET.PIN_MEMORY = False
+    assert build_loaders(cfg, device="cuda").train.pin_memory is False
