@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from .checkpoint import load_state_dict_checked, load_weights, read_checkpoint, extract_state_dict
+from .checkpoint import extract_state_dict, load_state_dict_checked, load_weights, read_checkpoint
 from .imagenet import TORCHVISION_WEIGHTS
 from .registry import create, family_of, resolve_name
 
