@@ -345,7 +345,7 @@ def build_datasets(cfg: Any, *, rank: int = 0, seed: int | None = None) -> Datas
     seed = int(_get(cfg, "EXPERIMENT.SEED", 0) if seed is None else seed)
     rng = ProcessRNG(seed * 1000003 + 17 + 7919 * rank)  # each DDP process its own stream
     root = resolve_root(_get(cfg, "DATASET.ROOT", ""))
-    train_view, test_view = view_transforms(kind, _get(cfg, "DATASET.IMAGE_SIZE", None))
+    train_view, test_view = view_transforms(kind, _get(cfg, "DATASET.IMAGE_SIZE", None) or None)
     two_view = trainer in TWO_VIEW_TRAINERS
     views = [train_view, train_view] if two_view else [train_view]
     train, val, classes = _read(kind, root, bool(_get(cfg, "DATASET.DOWNLOAD", True)), rank, views, test_view, rng)

@@ -120,7 +120,10 @@ DEFAULTS: dict[str, Any] = {
         "ROOT": "",  # '' -> $SLDISTILL_DATA or ./data
         "DOWNLOAD": True,  # download where the dataset allows it and the machine has internet
         "TRAIN_SUBSET": 0,  # >0: seeded class-balanced subset of that many training images
+        "SUBSET_SEED": -1,  # seed of the TRAIN_SUBSET draw; -1: EXPERIMENT.SEED (>=0 fixes it across seeds)
         "PIN_MEMORY": True,  # only takes effect on CUDA
+        "IMAGE_SIZE": 0,  # `folder` datasets: training/test image side (0: 32, the CIFAR family's size)
+        "DROP_LAST": False,  # drop the last short training batch (published: kept)
     },
     "DISTILLER": {
         "TYPE": "NONE",
@@ -442,6 +445,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "DATASET.NUM_WORKERS": _ge(0),
     "DATASET.TEST.BATCH_SIZE": _gt(0),
     "DATASET.TRAIN_SUBSET": _ge(0),
+    "DATASET.IMAGE_SIZE": _ge(0),
+    "DATASET.SUBSET_SEED": _ge(-1),
     "SOLVER.BATCH_SIZE": _gt(0),
     "SOLVER.EPOCHS": _gt(0),
     "SOLVER.LR": _ge(0),
