@@ -74,6 +74,8 @@ def _num_data(cfg: Any, num_data: int | None) -> int:
         return int(num_data)
     if int(cfg.CRD.get("NUM_DATA", 0) or 0) > 0:
         return int(cfg.CRD.NUM_DATA)
+    if int(cfg.DATASET.get("TRAIN_SUBSET", 0) or 0) > 0:  # subsets are re-indexed from 0
+        return int(cfg.DATASET.TRAIN_SUBSET)
     kind = str(cfg.DATASET.TYPE).lower()
     if kind in TRAIN_SET_SIZES:
         return TRAIN_SET_SIZES[kind]
@@ -91,8 +93,8 @@ class CRD(FeatureDistiller):
     ``NCE.TEMPERATURE``, ``CRD.LOSS.*``. The embeddings' input sizes are measured with a probe
     forward (``CRD.FEAT.STUDENT_DIM``/``TEACHER_DIM`` are checked against them; a mismatch
     warns and the measured size is used). ``num_data`` (the training-set size, rows of the
-    memory bank) defaults to ``CRD.NUM_DATA`` if set, else the standard size of
-    ``DATASET.TYPE``'s training set.
+    memory bank) defaults to ``CRD.NUM_DATA`` if set, else ``DATASET.TRAIN_SUBSET`` if > 0,
+    else the standard size of ``DATASET.TYPE``'s training set.
     """
 
     section = "CRD"
