@@ -12,6 +12,13 @@ from conftest import SHARED
 from sldistill.distillers import available_distillers, build_distiller, get_distiller_class
 from sldistill.engine.config import get_defaults
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP contention on the shared 2-core runners
+    (tests/conftest.py restores the previous setting)."""
+    torch.set_num_threads(1)
+
 CASES = json.loads((SHARED / "reference" / "loss_vectors.json").read_text())["cases"] if SHARED else []
 
 

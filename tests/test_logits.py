@@ -7,6 +7,13 @@ import torch
 from sldistill import logits as L
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP contention on the shared 2-core runners
+    (tests/conftest.py restores the previous setting)."""
+    torch.set_num_threads(1)
+
+
 def _random(b: int = 48, c: int = 30, seed: int = 0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(b, c, generator=g, dtype=dtype)

@@ -28,6 +28,7 @@ Implementation notes (same values as the released code, fewer passes):
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Union
 
 import torch
@@ -57,6 +58,14 @@ MLKD_EXTRA_TEMPERATURES: tuple[float, ...] = (3.0, 5.0, 2.0, 6.0)
 def _compute(x: Tensor) -> Tensor:
     """16-bit -> float32 (losses are evaluated in at least single precision)."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+@functools.lru_cache(maxsize=128)
+def _const(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small constant tensor, built once per (values, dtype, device): copying a Python list
+    to an accelerator would synchronise the host on every call. Never modified in place."""
+    with torch.inference_mode(False):  # a normal tensor even if first built in inference mode
+        return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _temps(temperature: Temperatures, name: str = "temperature") -> list[float]:
@@ -100,6 +109,8 @@ class _StackedKL(torch.autograd.Function):
         kl = (pt * (t - s).unsqueeze(0)).sum(dim=-1) * inv[:, None] - lse_t + lse_s
         w = weight.expand_as(kl)
         value = (w * kl).sum()
+        if not ctx.needs_input_grad[0]:
+            return value, lse_s
         if weight.shape[1] == 1:  # per-temperature weights: two matrix-vector products
             coef = (weight.squeeze(1) * inv).unsqueeze(0)
             grad = (coef @ q.flatten(1) - coef @ pt.flatten(1)).view_as(s)
@@ -110,6 +121,8 @@ class _StackedKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_value: Optional[Tensor], g_lse: Optional[Tensor]):  # type: ignore[override]
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
         grad, q, inv = ctx.saved_tensors
         out = None
         if g_value is not None:
@@ -137,7 +150,7 @@ def _stacked_kl(s: Tensor, t: Tensor, temps: Sequence[float], weight: Tensor) ->
     Returns:
         ``(value, lse)`` with ``lse[k, n] = logsumexp(s_n / temps[k])`` (differentiable, reusable).
     """
-    inv = torch.tensor([1.0 / T for T in temps], dtype=s.dtype, device=s.device)
+    inv = _const(tuple(1.0 / T for T in temps), s.dtype, s.device)
     return _StackedKL.apply(s, t.detach(), inv, weight.detach())
 
 
@@ -194,7 +207,7 @@ def kd(
     if target is not None:
         target = check_target(target, student, "student")
     s, t = _apply_processor(processor, _compute(student), _compute(teacher.detach()), target)
-    w = torch.tensor([T * T / s.shape[0] for T in temps], dtype=s.dtype, device=s.device)[:, None]
+    w = _const(tuple(T * T for T in temps), s.dtype, s.device)[:, None] / s.shape[0]
     value, _ = _stacked_kl(s, t, temps, w)
     return value
 
@@ -350,16 +363,16 @@ def mlkd(
 
     kd_sw, kd_tw = _apply_processor(processor, sw, tw, y)
     kd_ss, kd_ts = _apply_processor(processor, ss, ts, y)
-    base = torch.tensor([kd_weight * t * t / B for t in temps], dtype=dt, device=dev)[:, None]  # [5, 1]
+    base = _const(tuple(kd_weight * t * t for t in temps), dt, dev)[:, None] / B  # [5, 1]
     if clean:
         w_weak = base * sample_mask[None, :]
         loss_kd = _stacked_kl(kd_sw, kd_tw, temps, w_weak)[0] + _stacked_kl(kd_ss, kd_ts, temps, base)[0]
     else:
-        from_weak = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0], dtype=dt, device=dev)[:, None]
+        from_weak = _const((0.0, 0.0, 0.0, 1.0, 1.0), dt, dev)[:, None]
         w_weak = base * (sample_mask.mean() + from_weak)
         loss_kd = _stacked_kl(kd_sw, kd_tw, temps, w_weak)[0] + _stacked_kl(kd_ss, kd_ts, temps[:3], base[:3])[0]
 
-    inv = torch.tensor([1.0 / t for t in temps], dtype=dt, device=dev)[:, None, None]
+    inv = _const(tuple(1.0 / t for t in temps), dt, dev)[:, None, None]
     ps = torch.softmax(sw.unsqueeze(0) * inv, dim=-1)
     with torch.no_grad():
         pt = torch.softmax(tw.unsqueeze(0) * inv, dim=-1)
@@ -436,7 +449,7 @@ def sld(
     t = torch.cat([_compute(teacher_weak.detach()), _compute(teacher_strong.detach())], dim=0)
     y = torch.cat([y1, y1]).unsqueeze(1)  # [2B, 1]
     dt, dev = s.dtype, s.device
-    w = torch.tensor([kd_weight * T * T / B for T in temps], dtype=dt, device=dev)[:, None]
+    w = _const(tuple(kd_weight * T * T for T in temps), dt, dev)[:, None] / B
 
     # teacher term
     if teacher_processor == "zscore":
@@ -451,7 +464,7 @@ def sld(
 
     # pseudo-teacher term
     if epoch > gamma and student_processor != "none":
-        inv = torch.tensor([1.0 / T for T in temps], dtype=dt, device=dev)
+        inv = _const(tuple(1.0 / T for T in temps), dt, dev)
         if teacher_processor == "zscore":
             lse = torch.logsumexp(s.unsqueeze(0) * inv[:, None, None], dim=-1)
         if student_processor == "swap":
