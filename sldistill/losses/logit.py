@@ -13,10 +13,11 @@ same for ``dkd``, exactly as released.
 
 Implementation notes (same values as the released code, fewer passes):
 
-* Several temperatures are handled in one stacked pass over ``[nT, B, C]``. With
-  ``x = s / T`` the KL is ``sum_c p_c log p_c - (sum_c p_c x_c - logsumexp(x))``; the first
-  part only involves the teacher (computed without gradient), so the student needs a single
-  stacked ``logsumexp`` and one product with the temperature-weighted teacher probabilities.
+* Several temperatures are handled in one stacked pass over ``[nT, B, C]``: one fused
+  softmax for the student and one for the teacher. With ``x = s / T``, ``u = t / T`` the KL
+  is ``sum_c p_c (u_c - x_c) - logsumexp(u) + logsumexp(x)``, where ``logsumexp = max + log Z``
+  and ``1 / Z`` is the softmax at the arg-max (no second exponential pass). Its gradient,
+  ``sum_T w_T / T (q^T - p^T)``, is formed in the same forward (a custom autograd function).
 * Swap and sort permute each row and therefore commute with softmax.
 * The SLD pseudo-teacher term ``KL(swap(q) || q)`` only involves the two exchanged entries
   ``a = argmax(s)`` and ``y``: it equals ``(q_a - q_y) (log q_a - log q_y)
@@ -459,7 +460,6 @@ def sld(
     loss_kd, lse = _stacked_kl(s_t, t_p, temps, w)
 
     # cross-entropy on both views
-    s_y = s.gather(1, y)  # [2B, 1]
     loss_ce = ce_weight * (F.cross_entropy(s[:B], y1) + F.cross_entropy(s[B:], y1))
 
     # pseudo-teacher term
@@ -468,6 +468,7 @@ def sld(
         if teacher_processor == "zscore":
             lse = torch.logsumexp(s.unsqueeze(0) * inv[:, None, None], dim=-1)
         if student_processor == "swap":
+            s_y = s.gather(1, y)  # [2B, 1]
             a = s.detach().argmax(dim=1, keepdim=True)
             s_a = s.gather(1, a)
             diff = (s_a - s_y).squeeze(1)  # [2B]; zero where argmax == label
