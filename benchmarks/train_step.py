@@ -1,0 +1,125 @@
+"""Images/s of one SLD training step: ours (the Trainer's step) vs a plain release-style step.
+
+ResNet32x4 -> ResNet8x4, two views of a batch of 64 CIFAR-sized images, CPU, fp32 and bf16,
+in one run. Ours is ``Trainer._train_step`` with the SLD distiller: channels_last, the
+teacher run once over both views, one stacked log-softmax pass for the six temperatures. The
+baseline is written here the way the published code is structured: contiguous (NCHW)
+tensors, two teacher forwards, one KL call per temperature and view, an SGD step.
+
+Run: ``python benchmarks/train_step.py [--batch 64] [--repeat 3] [--threads N]``.
+Reported: median seconds per step, images/s (2 views x batch per step) and the speed-up.
+Both steps run at an epoch past ``SLD.GAMMA`` so the pseudo-teacher term is included.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import time_fn  # noqa: E402
+from sldistill import models  # noqa: E402
+from sldistill.distillers import build_distiller  # noqa: E402
+from sldistill.engine.config import load_config  # noqa: E402
+from sldistill.engine.distributed import DistInfo  # noqa: E402
+from sldistill.engine.trainer import Trainer  # noqa: E402
+from sldistill.logits import swap  # noqa: E402
+
+EPOCH = 151  # past the default gamma (150): every SLD term is computed
+
+
+def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
+    log_p = F.log_softmax(student_logits / t, dim=1)
+    q = F.softmax(teacher_logits / t, dim=1)
+    return F.kl_div(log_p, q, reduction="none").sum(1).mean() * t * t
+
+
+class PlainSLDStep:
+    """A release-structured SLD step (baseline): separate teacher forwards, a loss per temperature."""
+
+    def __init__(self, student, teacher, lr: float, amp: torch.dtype | None) -> None:
+        self.student, self.teacher, self.amp = student, teacher, amp
+        self.opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+    def __call__(self, weak, strong, target) -> None:
+        with torch.autocast("cpu", dtype=self.amp, enabled=self.amp is not None):
+            s_w, _ = self.student(weak)
+            s_s, _ = self.student(strong)
+            with torch.no_grad():
+                t_w, _ = self.teacher(weak)
+                t_s, _ = self.teacher(strong)
+            loss = 0.1 * (F.cross_entropy(s_w, target) + F.cross_entropy(s_s, target))
+            sw_t, ss_t = swap(t_w, target), swap(t_s, target)
+            for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):
+                loss = loss + 0.9 * _kl(s_w, sw_t, t) + 0.9 * _kl(s_s, ss_t, t)
+                if EPOCH > 150:
+                    loss = loss + 0.9 * _kl(s_w, swap(s_w, target), t) + 0.9 * _kl(s_s, swap(s_s, target), t)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time both steps in fp32 and bf16 and print a ratio table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = load_config(None, ["DISTILLER.TYPE", "SLD", "DISTILLER.TEACHER", "resnet32x4", "DISTILLER.STUDENT",
+                             "resnet8x4", "SOLVER.TRAINER", "ours", "SOLVER.LR", "0.025", "EXPERIMENT.DEVICE", "cpu",
+                             "LOG.TENSORBOARD", "false", "LOG.PROGRESS", "false"])
+    teacher0 = models.create("resnet32x4", num_classes=100, dataset="cifar100").eval()
+    student0 = models.create("resnet8x4", num_classes=100, dataset="cifar100")
+    g = torch.Generator().manual_seed(1)
+    weak = torch.randn(args.batch, 3, 32, 32, generator=g)
+    strong = torch.randn(args.batch, 3, 32, 32, generator=g)
+    target = torch.randint(0, 100, (args.batch,), generator=g)
+    images = 2 * args.batch
+    print(f"SLD step, resnet32x4 -> resnet8x4, batch {args.batch} x 2 views, CPU, {torch.get_num_threads()} threads")
+    results = {}
+    for amp_name, amp in (("fp32", None), ("bf16", torch.bfloat16)):
+        c = copy.deepcopy(cfg)
+        c.SOLVER.AMP = "bf16" if amp is not None else "none"
+        dist = build_distiller(c, copy.deepcopy(student0), copy.deepcopy(teacher0))
+        trainer = Trainer(c, dist, [None], [], Path("/tmp/sldistill-bench-unused"), DistInfo(),
+                          logger=_Silent())
+        w_cl = weak.contiguous(memory_format=torch.channels_last)
+        s_cl = strong.contiguous(memory_format=torch.channels_last)
+        ours = lambda: trainer._train_step([w_cl, s_cl], target, EPOCH, {})  # noqa: E731
+        plain = PlainSLDStep(copy.deepcopy(student0).train(), copy.deepcopy(teacher0).eval(), 0.025, amp)
+        base = lambda: plain(weak, strong, target)  # noqa: E731
+        t_base = time_fn(base, warmup=1, repeat=args.repeat)
+        t_ours = time_fn(ours, warmup=1, repeat=args.repeat)
+        results[amp_name] = (t_base, t_ours)
+        print(f"{amp_name}: plain {t_base * 1e3:8.1f} ms/step ({images / t_base:6.1f} img/s)   "
+              f"ours {t_ours * 1e3:8.1f} ms/step ({images / t_ours:6.1f} img/s)   speed-up {t_base / t_ours:4.2f}x",
+              flush=True)
+    t_base32 = results["fp32"][0]
+    t_ours16 = results["bf16"][1]
+    print(f"ours bf16 vs plain fp32: {t_base32 / t_ours16:4.2f}x")
+    return 0
+
+
+class _Silent:
+    """A logger that drops everything (the benchmark writes no run folder)."""
+
+    _tb = None
+
+    def info(self, msg: str) -> None:  # noqa: D401
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
