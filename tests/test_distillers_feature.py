@@ -19,6 +19,13 @@ CONNECTOR_TYPES = {"FITNET": ["conv_reg"], "OFD": ["connectors"], "VID": ["regre
                    "CRD": ["embed_s", "embed_t"], "REVIEWKD": ["abfs"]}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscribing CI's 2 cores (conftest restores it)."""
+    torch.set_num_threads(1)
+
+
+
 # ------------------------------------------------------------------ stand-in models
 class Fixed(nn.Module):
     """Returns given logits/features; as a student they are parameters (to read gradients)."""
@@ -318,6 +325,7 @@ def test_published_config_trains_two_iterations_via_cli(name, cli_env, shared):
 
     from sldistill.cli import main
 
+    torch.set_num_threads(1)  # restored by conftest; tiny batches gain nothing from threads
     cfg_file = shared / "seed_configs" / "mdistiller" / "cifar100" / f"{name}.yaml"
     out = cli_env / "out" / name
     rc = main(["train", "--cfg", str(cfg_file), "DATASET.ROOT", str(cli_env / "data"),

@@ -11,6 +11,13 @@ from sldistill import losses
 from sldistill.losses import feature as L
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscribing CI's 2 cores (conftest restores it)."""
+    torch.set_num_threads(1)
+
+
+
 def _t(x, grad: bool = False) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64).requires_grad_(grad)
 
