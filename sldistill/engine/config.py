@@ -154,7 +154,6 @@ DEFAULTS: dict[str, Any] = {
         "CHANNELS_LAST": True,
         "SYNC_BN": False,  # CUDA + DDP only
         "FUSE_STUDENT_VIEWS": False,  # one student forward over both views (changes BN statistics)
-        "COMPILE": False,  # torch.compile the student
     },
     "LOG": {
         "PREFIX": "./output",
