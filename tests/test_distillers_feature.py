@@ -84,7 +84,7 @@ def tiny_cfg(kind: str):
     cfg.VID.INPUT_SIZE = [SIZE, SIZE]
     cfg.CRD.FEAT.STUDENT_DIM, cfg.CRD.FEAT.TEACHER_DIM, cfg.CRD.FEAT.DIM = 16, 32, 8
     cfg.CRD.NCE.K = 20
-    cfg.CRD.NUM_DATA = 64
+    cfg.DATASET.TRAIN_SUBSET = 64  # memory-bank rows (no training set here)
     r = cfg.REVIEWKD
     r.SHAPES = r.OUT_SHAPES = [1, 4, 8, 16]
     r.IN_CHANNELS, r.OUT_CHANNELS = [8, 16, 16, 16], [16, 32, 32, 32]
@@ -190,7 +190,7 @@ def test_crd_embeddings_sized_from_the_models():
 
 def test_crd_num_data_required_for_unknown_dataset():
     cfg = tiny_cfg("CRD")
-    del cfg.CRD["NUM_DATA"]
+    cfg.DATASET.TRAIN_SUBSET = 0
     cfg.DATASET.TYPE = "folder"
     with pytest.raises(ValueError, match="num_data"):
         make("CRD", cfg=cfg)
@@ -341,4 +341,4 @@ def test_published_config_trains_two_iterations_via_cli(name, cli_env, shared):
     for prefix in CONNECTOR_TYPES.get(kind, []):
         assert any(k.startswith(prefix + ".") for k in ckpt["distiller"]), (prefix, list(ckpt["distiller"])[:5])
     if kind == "CRD":
-        assert ckpt["distiller"]["contrast.memory_v1"].shape == (50000, 128)
+        assert ckpt["distiller"]["contrast.memory_v1"].shape == (16, 128)  # one row per training image

@@ -23,8 +23,8 @@ from sldistill.losses.feature import crd_nce
 
 __all__ = ["CRD", "ContrastMemory", "TRAIN_SET_SIZES"]
 
-#: training-set sizes used for the memory bank when neither ``num_data`` nor
-#: ``CRD.NUM_DATA`` is given (the bank is indexed by dataset index).
+#: training-set sizes used for the memory bank when ``num_data`` is not given and no
+#: ``DATASET.TRAIN_SUBSET`` is set (the bank is indexed by dataset index).
 TRAIN_SET_SIZES = {"cifar100": 50000, "imagenet": 1281167, "tiny_imagenet": 100000, "fashion_mnist": 60000}
 
 
@@ -72,8 +72,6 @@ class ContrastMemory(nn.Module):
 def _num_data(cfg: Any, num_data: int | None) -> int:
     if num_data is not None:
         return int(num_data)
-    if int(cfg.CRD.get("NUM_DATA", 0) or 0) > 0:
-        return int(cfg.CRD.NUM_DATA)
     if int(cfg.DATASET.get("TRAIN_SUBSET", 0) or 0) > 0:  # subsets are re-indexed from 0
         return int(cfg.DATASET.TRAIN_SUBSET)
     kind = str(cfg.DATASET.TYPE).lower()
@@ -93,7 +91,7 @@ class CRD(FeatureDistiller):
     ``NCE.TEMPERATURE``, ``CRD.LOSS.*``. The embeddings' input sizes are measured with a probe
     forward (``CRD.FEAT.STUDENT_DIM``/``TEACHER_DIM`` are checked against them; a mismatch
     warns and the measured size is used). ``num_data`` (the training-set size, rows of the
-    memory bank) defaults to ``CRD.NUM_DATA`` if set, else ``DATASET.TRAIN_SUBSET`` if > 0,
+    memory bank) (the engine passes the training set's size) defaults to ``DATASET.TRAIN_SUBSET`` if > 0,
     else the standard size of ``DATASET.TYPE``'s training set.
     """
 

@@ -63,14 +63,24 @@ def check_run_config(cfg: Any, device: torch.device, world_size: int) -> int:
     return per_process_batch(int(cfg.SOLVER.BATCH_SIZE), world_size)
 
 
-def build_distiller_for(cfg: Any, num_classes: int) -> torch.nn.Module:
-    """Student, teacher (none for ``DISTILLER.TYPE`` NONE) and the distiller."""
+def build_distiller_for(cfg: Any, num_classes: int, num_train: int | None = None) -> torch.nn.Module:
+    """Student, teacher (none for ``DISTILLER.TYPE`` NONE) and the distiller.
+
+    ``num_train`` (the training-set size) is handed to distillers that size a per-sample
+    memory by it (CRD's memory bank takes a ``num_data`` argument).
+    """
+    import inspect
+
     from sldistill import models
-    from sldistill.distillers import build_distiller
+    from sldistill.distillers import get_distiller_class
 
     student = models.build_student(cfg, num_classes)
     teacher = None if str(cfg.DISTILLER.TYPE).upper() == "NONE" else models.build_teacher(cfg, num_classes)
-    return build_distiller(cfg, student, teacher)
+    cls = get_distiller_class(str(cfg.DISTILLER.TYPE))
+    kwargs = {}
+    if num_train is not None and "num_data" in inspect.signature(cls.__init__).parameters:
+        kwargs["num_data"] = int(num_train)
+    return cls(student, teacher, cfg, **kwargs)
 
 
 def train(cfg: Any, *, resume: bool = False, stop_flag: StopFlag = STOP, log_interval: int = 20,
@@ -100,7 +110,7 @@ def train(cfg: Any, *, resume: bool = False, stop_flag: StopFlag = STOP, log_int
 
         loaders = build_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size,
                                 device=dist_info.device, seed=seed)
-        distiller = build_distiller_for(cfg, loaders.num_classes)
+        distiller = build_distiller_for(cfg, loaders.num_classes, loaders.num_train)
         if dist_info.rank:  # different augmentation streams per process, same initial weights
             seed_everything(seed + dist_info.rank)
         extra = distiller.extra_parameter_count() if hasattr(distiller, "extra_parameter_count") else 0
