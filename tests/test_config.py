@@ -387,3 +387,18 @@ def test_run_dir() -> None:
     assert run_dir(cfg) == Path("/tmp/out/p/kd,a,b")
     cfg.EXPERIMENT.NAME = "named"
     assert run_dir(cfg) == Path("/tmp/out/p/named")
+
+
+def test_published_short_file_names_resolve_to_shipped_configs(shared):
+    """`sldistill train --cfg configs/cifar100/sld/res32x4_res8x4.yaml` (the SLD README's names,
+    also with its `SLD/` folder spelling) finds our file for the same experiment."""
+    from sldistill.engine.config import load_config, resolve_config_path
+
+    published = sorted((shared / "seed_configs" / "sld" / "cifar100" / "sld").glob("*.yaml"))
+    assert len(published) >= 10
+    for pub in published:
+        for folder in ("sld", "SLD"):
+            ours = resolve_config_path(f"configs/cifar100/{folder}/{pub.name}")
+            assert ours.parent.name == "sld" and ours.resolve().is_relative_to(REPO / "configs"), ours
+            a, b = load_config(ours), load_config(pub)
+            assert (a.DISTILLER.TEACHER, a.DISTILLER.STUDENT) == (b.DISTILLER.TEACHER, b.DISTILLER.STUDENT), pub.name

@@ -802,6 +802,22 @@ def _case_insensitive(path: Path) -> Path | None:
     return cur if cur.is_file() else None
 
 
+#: the abbreviations of the published file names (SLD/MLKD releases) -> our model names
+_SHORT_NAMES = {
+    "res8x4": "resnet8x4", "res32x4": "resnet32x4", "res20": "resnet20", "res32": "resnet32",
+    "res56": "resnet56", "res110": "resnet110", "res50": "ResNet50", "res34": "resnet34",
+    "res18": "resnet18", "shuv1": "ShuffleV1", "shuv2": "ShuffleV2", "mv2": "MobileNetV2",
+    "mv1": "mobilenetv1", "wrn40_2": "wrn_40_2", "r34": "resnet34", "r18": "resnet18",
+    "r50": "resnet50",
+}
+
+
+def _expand_short_names(stem: str) -> str:
+    """``res32x4_res8x4`` -> ``resnet32x4_resnet8x4``; ``wrn40_2_shuv1`` -> ``wrn_40_2_ShuffleV1``."""
+    return re.sub(r"(?<![A-Za-z0-9])(" + "|".join(sorted(_SHORT_NAMES, key=len, reverse=True)) + r")(?![A-Za-z0-9])",
+                  lambda m: _SHORT_NAMES[m.group(1)], stem)
+
+
 def resolve_config_path(path: str | Path) -> Path:
     """Locate a config file given as a path or as a name relative to the shipped configs.
 
@@ -826,6 +842,12 @@ def resolve_config_path(path: str | Path) -> Path:
         hit = _case_insensitive(c)
         if hit is not None:
             return hit
+    for c in candidates:  # the published releases' short file names (res32x4_res8x4.yaml)
+        stem = _expand_short_names(c.stem)
+        if stem != c.stem:
+            hit = _case_insensitive(c.with_name(stem + c.suffix))
+            if hit is not None:
+                return hit
     shipped = [str(q.relative_to(root)) for q in list_configs(root)] if root.is_dir() else []
     hits = _close(str(rel), shipped, n=5, cutoff=0.5)
     msg = f"config file {str(path)!r} not found (also looked under {root})"
