@@ -74,8 +74,13 @@ def build_distiller_for(cfg: Any, num_classes: int, num_train: int | None = None
     from sldistill import models
     from sldistill.distillers import get_distiller_class
 
+    from sldistill.data import check_num_classes
+
     student = models.build_student(cfg, num_classes)
+    check_num_classes(student, num_classes, what=f"student {cfg.DISTILLER.STUDENT}")
     teacher = None if str(cfg.DISTILLER.TYPE).upper() == "NONE" else models.build_teacher(cfg, num_classes)
+    if teacher is not None:
+        check_num_classes(teacher, num_classes, what=f"teacher {cfg.DISTILLER.TEACHER}")
     cls = get_distiller_class(str(cfg.DISTILLER.TYPE))
     kwargs = {}
     if num_train is not None and "num_data" in inspect.signature(cls.__init__).parameters:
