@@ -13,6 +13,8 @@ from torch import nn
 from datagen import write_cifar100, write_fashion_mnist, write_image_folder, write_tiny_imagenet
 from sldistill.data import (
     DataFormatError,
+    EpochSampler,
+    ShardSampler,
     balanced_subset,
     build_datasets,
     build_loaders,
@@ -23,6 +25,7 @@ from sldistill.data import (
     resolve_root,
 )
 from sldistill.engine.config import get_defaults
+from sldistill.engine.metrics import evaluate
 
 CIFAR_MEAN = torch.tensor([0.5071, 0.4867, 0.4408]).view(3, 1, 1)
 CIFAR_STD = torch.tensor([0.2675, 0.2565, 0.2761]).view(3, 1, 1)
@@ -70,7 +73,8 @@ def test_cifar100_reads_pickle_archive(cifar_root):
 
 def test_cifar100_loader_batches(cifar_root):
     loaders = build_loaders(_cfg("cifar100", cifar_root))
-    assert loaders.num_classes == 100 and loaders.num_train == 200 and loaders.train_sampler is None
+    assert loaders.num_classes == 100 and loaders.num_train == 200
+    assert isinstance(loaders.train_sampler, EpochSampler) and len(loaders.train_sampler) == 200
     img, target, index = next(iter(loaders.train))
     assert img.shape == (8, 3, 32, 32) and img.dtype == torch.float32
     x, y, _ = read_cifar100(cifar_root)
@@ -178,6 +182,115 @@ def test_same_seed_same_batches_with_two_workers(cifar_root):
     b = _batches(cfg, seed=7)
     assert _same(a, b)
     assert not _same([x[0] for x in a], [x[0] for x in _batches(cfg, seed=8)])
+
+
+def _epoch(cfg, epoch: int, seed: int = 5, rank: int = 0, world_size: int = 1) -> list:
+    loaders = build_loaders(cfg, seed=seed, rank=rank, world_size=world_size)
+    loaders.train_sampler.set_epoch(epoch)
+    return list(loaders.train)
+
+
+@pytest.mark.parametrize("trainer", ["ours", "crd"])
+def test_batches_are_a_function_of_seed_and_epoch_not_of_workers(cifar_root, trainer):
+    cfg = _cfg("cifar100", cifar_root, trainer=trainer, batch=16)
+    cfg.CRD.NCE.K = 20
+    one = _epoch(cfg, 2)
+    assert len(one) == 13  # 200 / 16, last batch of 8 kept
+    cfg2 = _cfg("cifar100", cifar_root, trainer=trainer, batch=16, NUM_WORKERS=2)
+    cfg2.CRD.NCE.K = 20
+    assert _same(one, _epoch(cfg2, 2))  # weak and strong views, targets, indices (and CRD indices)
+    # epoch 3: another order and other augmentations of the same sample
+    other = _epoch(cfg, 3)
+    idx2, idx3 = torch.cat([b[2] for b in one]), torch.cat([b[2] for b in other])
+    assert sorted(idx2.tolist()) == sorted(idx3.tolist()) == list(range(200)) and not torch.equal(idx2, idx3)
+    pos3 = {int(i): n for n, i in enumerate(idx3)}
+
+    def rows(batches, what):
+        if what == "contrast":
+            return torch.cat([b[3] for b in batches])
+        views = [b[0] if trainer == "crd" else b[0][what] for b in batches]
+        return torch.cat(views)
+
+    for what in (["contrast"] if trainer == "crd" else [0, 1]):
+        a, b = rows(one, what), rows(other, what)
+        b = b[torch.tensor([pos3[int(i)] for i in idx2])]  # epoch-3 rows in epoch-2 sample order
+        differ = sum(not torch.equal(x, y) for x, y in zip(a, b))
+        assert differ > 180, (what, differ)
+
+
+def test_item_keys_plain_index_and_errors(cifar_root):
+    ds = build_datasets(_cfg("cifar100", cifar_root, trainer="ours"), seed=1)
+    train = ds.train
+    assert _np_same(train[7], train[(0, 7)]) and _np_same(train[-1], train[199])
+    assert train[(4, 7)][0].epoch == 4 and train[7][0].epoch == 0
+    # the draws of an item do not depend on what was drawn before, nor on the dataset's seed only
+    before = train[(3, 11)]
+    for i in range(20):
+        train[(3, i)]
+    assert _np_same(before, train[(3, 11)])
+    assert not _np_same(train[(3, 11)], train[(4, 11)])
+    other_seed = build_datasets(_cfg("cifar100", cifar_root, trainer="ours"), seed=2).train
+    assert not _np_same(before, other_seed[(3, 11)])
+    with pytest.raises(IndexError, match="index 200 out of range .* 200 items"):
+        train[200]
+    with pytest.raises(TypeError, match=r"\(epoch, index\), got 1.5"):
+        train[1.5]
+    with pytest.raises(TypeError, match=r"index or \(epoch, index\), got \(1, 2, 3\)"):
+        train[(1, 2, 3)]
+
+
+def _np_same(a, b) -> bool:
+    va, vb = a[0], b[0]
+    return len(va) == len(vb) and all(np.array_equal(x, y) for x, y in zip(va, vb)) and a[1:] == b[1:]
+
+
+def test_epoch_sampler_shards_like_distributed_sampler():
+    for n, ws in ((10, 3), (2, 3), (12, 4)):
+        samplers = [EpochSampler(n, seed=9, rank=r, world_size=ws) for r in range(ws)]
+        for s in samplers:
+            s.set_epoch(5)
+        parts = [list(s) for s in samplers]
+        per = -(-n // ws)
+        assert all(len(p) == per == len(s) for p, s in zip(parts, samplers))  # equal shards (DDP)
+        assert all(e == 5 for p in parts for e, _ in p)
+        flat = [i for p in parts for _, i in p]
+        assert set(flat) == set(range(n)) and len(flat) == per * ws  # every sample, padded by wrapping
+        again = EpochSampler(n, seed=9, rank=1, world_size=ws)
+        again.set_epoch(5)
+        assert list(again) == parts[1]  # a pure function of (seed, epoch, rank)
+    s = EpochSampler(50, seed=9)
+    s.set_epoch(1)
+    e1 = [i for _, i in s]
+    s.set_epoch(2)
+    assert sorted(e1) == list(range(50)) and [i for _, i in s] != e1
+    with pytest.raises(ValueError, match="rank=2, world_size=2"):
+        EpochSampler(5, rank=2, world_size=2)
+
+
+def test_validation_is_sharded_without_duplicates(cifar_root):
+    assert [list(ShardSampler(5, r, 2)) for r in range(2)] == [[0, 2, 4], [1, 3]]
+    cfg = _cfg("cifar100", cifar_root, batch=16)
+    full = build_loaders(cfg)
+    xt, yt, _ = read_cifar100(cifar_root, train=False)
+    weights = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
+
+    def model(x):  # a fixed function of the image, so results can be compared across shards
+        return x.mean(dim=(2, 3)) @ weights
+
+    ref = evaluate(model, full.val, torch.device("cpu"))
+    shards, sums = [], torch.zeros(4, dtype=torch.float64)
+    for rank in (0, 1):
+        val = build_loaders(cfg, rank=rank, world_size=2).val
+        targets = torch.cat([t for _, t in val])
+        assert torch.equal(targets, torch.from_numpy(yt[rank::2]))  # rank::world_size, nothing padded
+        shards.append(targets)
+        res = evaluate(model, val, torch.device("cpu"))
+        n = len(targets)
+        sums += torch.tensor([res["loss"] * n, res["top1"] * n, res["top5"] * n, n], dtype=torch.float64)
+    assert sum(len(t) for t in shards) == 40
+    # what evaluate's all-reduce of sums gives: the exact single-process metrics
+    assert sums[1].item() / 40 == pytest.approx(ref["top1"]) and sums[2].item() / 40 == pytest.approx(ref["top5"])
+    assert sums[0].item() / 40 == pytest.approx(ref["loss"], rel=1e-6)
 
 
 def test_train_subset_is_class_balanced(cifar_root):

@@ -10,6 +10,8 @@ from .datasets import (
     ArrayDataset,
     DataFormatError,
     FileDataset,
+    Views,
+    item_rng,
     read_cifar100,
     read_fashion_mnist,
     read_idx,
@@ -17,6 +19,7 @@ from .datasets import (
     read_tiny_imagenet,
     resolve_root,
     scan_image_folder,
+    split_key,
 )
 from .loaders import (
     CRD_TRAINERS,
@@ -25,7 +28,9 @@ from .loaders import (
     ContrastiveDataset,
     Datasets,
     Loaders,
-    ProcessRNG,
+    EpochSampler,
+    ShardSampler,
+    batch_seed,
     balanced_subset,
     build_datasets,
     build_loaders,
@@ -36,9 +41,10 @@ from .loaders import (
 
 __all__ = [
     "STRONG_OPS", "StrongAugment", "apply_op", "cutout", "normalize_batch", "pil_strong_augment",
-    "DATASET_TYPES", "SPECS", "ArrayDataset", "DataFormatError", "FileDataset", "read_cifar100",
-    "read_fashion_mnist", "read_idx", "read_imagenet", "read_tiny_imagenet", "resolve_root",
-    "scan_image_folder", "CRD_TRAINERS", "TWO_VIEW_TRAINERS", "BatchCollate", "ContrastiveDataset",
-    "Datasets", "Loaders", "ProcessRNG", "balanced_subset", "build_datasets", "build_loaders",
-    "check_num_classes", "classifier_out_features", "view_transforms",
+    "DATASET_TYPES", "SPECS", "ArrayDataset", "DataFormatError", "FileDataset", "Views", "item_rng",
+    "split_key", "read_cifar100", "read_fashion_mnist", "read_idx", "read_imagenet", "read_tiny_imagenet",
+    "resolve_root", "scan_image_folder", "CRD_TRAINERS", "TWO_VIEW_TRAINERS", "BatchCollate",
+    "ContrastiveDataset", "Datasets", "Loaders", "EpochSampler", "ShardSampler", "batch_seed",
+    "balanced_subset", "build_datasets", "build_loaders", "check_num_classes", "classifier_out_features",
+    "view_transforms",
 ]

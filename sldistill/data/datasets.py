@@ -5,6 +5,10 @@ Every dataset returns ``(views, target, index)`` where ``views`` is a tuple of `
 two for the weak/strong mode). Normalisation and the strong policy run per batch in the
 collate step (:class:`sldistill.data.loaders.BatchCollate`).
 
+Keys: ``dataset[i]`` (epoch 0) or ``dataset[(epoch, i)]`` (what the training sampler
+yields). The random draws of an item come from :func:`item_rng` ``(seed, epoch, i)``, so
+they depend on nothing else: not on the process, the worker or what was drawn before.
+
 Layouts (``root`` is ``DATASET.ROOT``, else ``$SLDISTILL_DATA``, else ``./data``):
 
 * ``cifar100``: ``root/cifar-100-python/{train,test,meta}`` (the python-pickle archive);
@@ -18,13 +22,14 @@ Layouts (``root`` is ``DATASET.ROOT``, else ``$SLDISTILL_DATA``, else ``./data``
 from __future__ import annotations
 
 import gzip
+import operator
 import os
 import pickle
 import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -32,6 +37,10 @@ from PIL import Image
 __all__ = [
     "DataFormatError",
     "DatasetSpec",
+    "ItemKey",
+    "Views",
+    "split_key",
+    "item_rng",
     "SPECS",
     "ArrayDataset",
     "FileDataset",
@@ -129,27 +138,76 @@ def resolve_root(root: str | os.PathLike | None = None) -> Path:
 # Datasets
 # ---------------------------------------------------------------------------------------------
 
+ItemKey = Union[int, "tuple[int, int]"]
+"""A dataset key: a plain index (epoch 0) or ``(epoch, index)`` as :class:`EpochSampler` yields."""
+
+_MASK64 = 2**64 - 1
+_ITEM_STREAM = 0x1AE7  # tags the per-item stream apart from the per-batch one (loaders.py)
+
+
+def split_key(key: Any, length: int | None = None) -> tuple[int, int]:
+    """``(epoch, index)`` of a dataset key: ``(epoch, index)`` or a plain index (epoch 0).
+
+    A negative index counts from the end when ``length`` is given. Raises ``TypeError`` for
+    anything that is not an integer index or a pair of them.
+    """
+    if isinstance(key, (tuple, list)):
+        if len(key) != 2:
+            raise TypeError(f"a dataset key is an index or (epoch, index), got {key!r}")
+        epoch, index = operator.index(key[0]), operator.index(key[1])
+    else:
+        try:
+            epoch, index = 0, operator.index(key)
+        except TypeError:
+            raise TypeError(f"a dataset key is an integer index or (epoch, index), got {key!r} "
+                            f"({type(key).__name__})") from None
+    if epoch < 0:
+        raise ValueError(f"the epoch of a dataset key must be >= 0, got {epoch}")
+    if length is not None:
+        if index < 0:
+            index += length
+        if not 0 <= index < length:
+            raise IndexError(f"index {index} out of range for a dataset of {length} items")
+    return int(epoch), int(index)
+
+
+def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one item's random draws: a pure function of ``(seed, epoch, index)``.
+
+    Views (crops, flips, rotations) and CRD's contrast indices of sample ``index`` in epoch
+    ``epoch`` come from it, whichever process draws them and whatever it drew before.
+    """
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & _MASK64, int(epoch), int(index), _ITEM_STREAM]))
+
+
+class Views(tuple):
+    """The view arrays of one item (a plain tuple otherwise), carrying the ``epoch`` they were
+    drawn for, so that the collate step can key the batched strong policy on it."""
+
+    epoch: int
+
+    def __new__(cls, arrays: Iterable[np.ndarray], epoch: int = 0) -> "Views":
+        obj = super().__new__(cls, arrays)
+        obj.epoch = int(epoch)
+        return obj
+
+    def __reduce__(self) -> tuple:
+        return (Views, (tuple(self), self.epoch))
+
+
 class _ViewsDataset:
-    """Common part: targets, classes, the view transforms and the per-process generator."""
+    """Common part: targets, classes, the view transforms and the keyed randomness.
+
+    ``dataset[key]`` with ``key`` an index (epoch 0) or ``(epoch, index)``: the view
+    transforms draw from :func:`item_rng` ``(seed, epoch, index)``.
+    """
 
     targets: np.ndarray
     classes: list[str]
 
-    def __init__(self, views: Sequence[Transform], rng: Callable[[], np.random.Generator] | None = None) -> None:
+    def __init__(self, views: Sequence[Transform], seed: int = 0) -> None:
         self.views = tuple(views)
-        self._rng_source = rng
-        self._own_rng: np.random.Generator | None = None
-
-    def set_rng(self, source: Callable[[], np.random.Generator]) -> None:
-        """Use ``source()`` (called per item) as the generator of the view transforms."""
-        self._rng_source = source
-
-    def _rng(self) -> np.random.Generator:
-        if self._rng_source is not None:
-            return self._rng_source()
-        if self._own_rng is None:
-            self._own_rng = np.random.default_rng()
-        return self._own_rng
+        self.seed = int(seed)
 
     @property
     def num_classes(self) -> int:
@@ -159,10 +217,18 @@ class _ViewsDataset:
     def _load(self, index: int) -> Any:
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> tuple[tuple[np.ndarray, ...], int, int]:
+    def item_rng(self, epoch: int, index: int) -> np.random.Generator:
+        """The generator of item ``index``'s draws in ``epoch`` (see :func:`item_rng`)."""
+        return item_rng(self.seed, epoch, index)
+
+    def item(self, index: int, rng: np.random.Generator, epoch: int = 0) -> tuple[Views, int, int]:
+        """``(views, target, index)`` of sample ``index`` with the view transforms drawing from ``rng``."""
         img = self._load(index)
-        rng = self._rng()
-        return tuple(t(img, rng) for t in self.views), int(self.targets[index]), int(index)
+        return Views((t(img, rng) for t in self.views), epoch), int(self.targets[index]), int(index)
+
+    def __getitem__(self, key: ItemKey) -> tuple[Views, int, int]:
+        epoch, index = split_key(key, len(self))
+        return self.item(index, self.item_rng(epoch, index), epoch)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -172,8 +238,8 @@ class ArrayDataset(_ViewsDataset):
     """Images held in memory as a ``uint8`` array ``[N, H, W, C]`` (CIFAR-100, Fashion-MNIST)."""
 
     def __init__(self, data: np.ndarray, targets: Sequence[int] | np.ndarray, classes: Sequence[str],
-                 views: Sequence[Transform], rng: Callable[[], np.random.Generator] | None = None) -> None:
-        super().__init__(views, rng)
+                 views: Sequence[Transform], seed: int = 0) -> None:
+        super().__init__(views, seed)
         if data.ndim != 4 or data.dtype != np.uint8:
             raise ValueError(f"expected uint8 images [N, H, W, C], got {data.shape} {data.dtype}")
         self.data = data
@@ -188,19 +254,19 @@ class ArrayDataset(_ViewsDataset):
     def subset(self, indices: Sequence[int] | np.ndarray) -> "ArrayDataset":
         """A dataset over ``indices`` only (re-indexed from 0), same transforms and classes."""
         idx = np.asarray(indices, dtype=np.int64)
-        return ArrayDataset(self.data[idx], self.targets[idx], self.classes, self.views, self._rng_source)
+        return ArrayDataset(self.data[idx], self.targets[idx], self.classes, self.views, self.seed)
 
     def with_views(self, views: Sequence[Transform]) -> "ArrayDataset":
         """The same images with other view transforms."""
-        return ArrayDataset(self.data, self.targets, self.classes, views, self._rng_source)
+        return ArrayDataset(self.data, self.targets, self.classes, views, self.seed)
 
 
 class FileDataset(_ViewsDataset):
     """Images read from files (ImageNet, Tiny-ImageNet, user folders): ``samples = [(path, target)]``."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str],
-                 views: Sequence[Transform], rng: Callable[[], np.random.Generator] | None = None) -> None:
-        super().__init__(views, rng)
+                 views: Sequence[Transform], seed: int = 0) -> None:
+        super().__init__(views, seed)
         self.samples = [(str(p), int(t)) for p, t in samples]
         self.targets = np.asarray([t for _, t in self.samples], dtype=np.int64)
         self.classes = list(classes)
@@ -216,11 +282,11 @@ class FileDataset(_ViewsDataset):
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> "FileDataset":
         """A dataset over ``indices`` only (re-indexed from 0), same transforms and classes."""
-        return FileDataset([self.samples[int(i)] for i in indices], self.classes, self.views, self._rng_source)
+        return FileDataset([self.samples[int(i)] for i in indices], self.classes, self.views, self.seed)
 
     def with_views(self, views: Sequence[Transform]) -> "FileDataset":
         """The same files with other view transforms."""
-        return FileDataset(self.samples, self.classes, views, self._rng_source)
+        return FileDataset(self.samples, self.classes, views, self.seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,30 +5,35 @@ training batches ``(image, target, index)`` where ``image`` is a tensor, or ``[w
 when ``SOLVER.TRAINER`` is ``ours``; with ``crd``/``crd_dot`` a fourth item, the contrast
 indices ``[B, K + 1]`` (positive first). Validation batches are ``(image, target)``.
 
-Randomness: every process (the main one, or each loader worker) owns a numpy generator for
-the per-image crops and a torch generator for the batched strong policy, seeded from the run
-seed (main process) or from the worker seed that the loader's own seeded generator hands out.
-A seed therefore fixes the sample order and the whole augmentation stream for a given number
-of workers (the stream differs between worker counts, and between DDP ranks).
+Randomness: every random draw of the training stream is a pure function of the run seed, the
+epoch and the sample or batch, whatever process makes it and however many workers there are.
+:class:`EpochSampler` (always used, with or without DDP; the trainer calls ``set_epoch``
+every epoch) shuffles with a generator seeded from ``(seed, epoch)``, shards by rank like
+``DistributedSampler`` and yields ``(epoch, index)`` keys; the dataset draws an item's crops,
+flips and CRD contrast indices from ``item_rng(seed, epoch, index)``; the collate step seeds
+the batched strong policy from ``(seed, rank, epoch, the batch's indices)``. A run resumed at
+any epoch (or replayed to any iteration) therefore sees the same data as the uninterrupted
+run, and 0, 2 or 8 workers give the same batches.
 
 ``drop_last``: the published loaders keep the last, smaller training batch
 (``DataLoader``'s default); so do we, except that a last batch of exactly one image is
 dropped (batch norm cannot train on one sample). ``DATASET.DROP_LAST: true`` (optional key)
-drops every incomplete batch. Validation never drops anything; in distributed runs every
-process evaluates the whole validation set.
+drops every incomplete batch. Validation never drops anything; in distributed runs each
+process evaluates its own ``rank::world_size`` share of the validation set (no sample twice,
+none padded), so summing counts over processes gives the exact global metrics.
 """
 from __future__ import annotations
 
-import os
+import math
 import random
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader, Sampler, get_worker_info
 
 from .augment import (
     RandomCropFlip,
@@ -45,6 +50,8 @@ from .datasets import (
     SPECS,
     ArrayDataset,
     FileDataset,
+    ItemKey,
+    Views,
     ensure_cifar100,
     ensure_fashion_mnist,
     read_cifar100,
@@ -53,12 +60,15 @@ from .datasets import (
     read_imagenet,
     read_tiny_imagenet,
     resolve_root,
+    split_key,
 )
 
 __all__ = [
     "TWO_VIEW_TRAINERS",
     "CRD_TRAINERS",
-    "ProcessRNG",
+    "EpochSampler",
+    "ShardSampler",
+    "batch_seed",
     "ContrastiveDataset",
     "BatchCollate",
     "Datasets",
@@ -91,51 +101,87 @@ def _get(node: Any, dotted: str, default: Any = None) -> Any:
 # Randomness
 # ---------------------------------------------------------------------------------------------
 
-class ProcessRNG:
-    """Per-process generators: numpy (per-image transforms) and torch (batched strong policy).
+_MASK64 = 2**64 - 1
+_ORDER_STREAM = 0x0D3E  # tags of the independent streams derived from the run seed
+_BATCH_STREAM = 0xB47C
 
-    In a loader worker they are seeded from the worker's seed (which the loader derives from
-    its own seeded generator); in the main process from ``seed``. Re-created after a fork.
+
+class EpochSampler(Sampler):
+    """Training order: a shuffle seeded from ``(seed, epoch)``, sharded by rank, as keys.
+
+    Yields ``(epoch, index)`` keys (see :func:`sldistill.data.datasets.split_key`). With
+    ``world_size > 1`` it splits like ``DistributedSampler``: the permutation is padded by
+    wrapping around to a multiple of ``world_size`` and rank ``r`` takes positions
+    ``r, r + world_size, ...``, so every process gets ``ceil(n / world_size)`` samples (equal
+    shards; DDP needs the same number of steps everywhere). Call :meth:`set_epoch` before
+    each epoch (the trainer does); the order is then a pure function of ``(seed, epoch)``.
     """
 
-    def __init__(self, seed: int) -> None:
-        self.seed = int(seed)
-        self._pid = -1
-        self._np: np.random.Generator | None = None
-        self._torch: torch.Generator | None = None
+    def __init__(self, num_samples: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True) -> None:
+        if num_samples < 1:
+            raise ValueError(f"EpochSampler needs at least one sample, got {num_samples}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.num_samples, self.seed = int(num_samples), int(seed)
+        self.rank, self.world_size, self.shuffle = int(rank), int(world_size), bool(shuffle)
+        self.epoch = 0
 
-    def _ensure(self) -> None:
-        pid = os.getpid()
-        info = get_worker_info()
-        key = (pid, None if info is None else info.id)
-        if self._pid == key:
-            return
-        base = self.seed if info is None else int(info.seed)
-        ss = np.random.SeedSequence([base & (2**64 - 1), 0x5D15])
-        np_ss, torch_ss = ss.spawn(2)
-        self._np = np.random.default_rng(np_ss)
-        self._torch = torch.Generator().manual_seed(int(torch_ss.generate_state(1, np.uint64)[0]) & (2**63 - 1))
-        self._pid = key  # type: ignore[assignment]
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order (and the augmentation keys) of ``epoch`` (>= 0) from now on."""
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
 
-    def numpy(self) -> np.random.Generator:
-        """This process's numpy generator."""
-        self._ensure()
-        return self._np  # type: ignore[return-value]
+    def order(self, epoch: int) -> list[int]:
+        """This rank's sample indices in ``epoch``, in order."""
+        n = self.num_samples
+        if self.shuffle:
+            state = np.random.SeedSequence([self.seed & _MASK64, int(epoch), _ORDER_STREAM]).generate_state(1, np.uint64)
+            g = torch.Generator().manual_seed(int(state[0]) & (2**63 - 1))
+            perm = torch.randperm(n, generator=g).tolist()
+        else:
+            perm = list(range(n))
+        total = len(self) * self.world_size
+        while len(perm) < total:  # pad by wrapping (more than once when n < world_size)
+            perm += perm[: total - len(perm)]
+        return perm[self.rank:total:self.world_size]
 
-    def torch(self) -> torch.Generator:
-        """This process's torch generator."""
-        self._ensure()
-        return self._torch  # type: ignore[return-value]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return iter([(epoch, i) for i in self.order(epoch)])
 
-    def __getstate__(self) -> dict:
-        return {"seed": self.seed}
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.world_size)
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["seed"])  # type: ignore[misc]
+
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + world_size, ...`` of ``num_samples``, in order: each sample on
+    exactly one process, nothing padded (shards may differ in length by one). For evaluation,
+    where sums are all-reduced."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.indices = range(int(rank), int(num_samples), int(world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def batch_seed(seed: int, rank: int, epoch: int, indices: Sequence[int]) -> int:
+    """Seed of one batch's strong-policy generator: a pure function of its arguments."""
+    ss = np.random.SeedSequence([int(seed) & _MASK64, _BATCH_STREAM, int(rank), int(epoch), len(indices),
+                                 *(int(i) for i in indices)])
+    return int(ss.generate_state(1, np.uint64)[0]) & (2**63 - 1)
 
 
 def _worker_init(worker_id: int) -> None:
-    """Seed python's and numpy's global generators from the worker seed (for user transforms)."""
+    """Seed python's and numpy's global generators from the worker seed (for user transforms;
+    ours never use the global generators)."""
     info = get_worker_info()
     seed = int(info.seed) if info is not None else 0
     random.seed(seed)
@@ -154,17 +200,17 @@ class ContrastiveDataset(torch.utils.data.Dataset):
     uniformly from the samples of the *other* classes. ``replace=None`` follows the released
     CIFAR-100 rule (without replacement unless ``k`` exceeds the number of negatives);
     ``True`` is the released ImageNet/Tiny-ImageNet rule. The negative pools are never
-    materialised per class (an ImageNet-sized table would take gigabytes).
+    materialised per class (an ImageNet-sized table would take gigabytes). Keys as for the
+    base dataset; the contrast indices come from the same per-item generator as the views.
     """
 
     def __init__(self, base: ArrayDataset | FileDataset, k: int, mode: str = "exact",
-                 replace: bool | None = None, rng: ProcessRNG | None = None) -> None:
+                 replace: bool | None = None) -> None:
         if mode not in ("exact", "relax"):
             raise ValueError(f"CRD.MODE must be 'exact' or 'relax', got {mode!r}")
         if k < 1:
             raise ValueError(f"CRD.NCE.K must be >= 1, got {k}")
         self.base, self.k, self.mode, self.replace = base, int(k), mode, replace
-        self.rng = rng or ProcessRNG(0)
         targets = np.asarray(base.targets, dtype=np.int64)
         n_cls = base.num_classes
         self.order = np.argsort(targets, kind="stable")  # sample indices grouped by class
@@ -205,9 +251,11 @@ class ContrastiveDataset(torch.utils.data.Dataset):
         out[1:] = self.order[r]
         return out
 
-    def __getitem__(self, index: int) -> tuple:
-        views, target, idx = self.base[index]
-        return views, target, idx, self.sample(idx, target, self.rng.numpy())
+    def __getitem__(self, key: ItemKey) -> tuple:
+        epoch, index = split_key(key, len(self))
+        rng = self.base.item_rng(epoch, index)
+        views, target, idx = self.base.item(index, rng, epoch)
+        return views, target, idx, self.sample(idx, target, rng)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,13 +268,17 @@ class BatchCollate:
     ``train=True``: ``(image, target, index[, contrast_index])`` with ``image`` a tensor
     (one view) or ``[weak, strong]`` (two views; the strong policy runs on the second view as
     a batch). ``train=False``: ``(image, target)``.
+
+    The strong policy's generator is seeded with :func:`batch_seed` ``(seed, rank, epoch,
+    indices)``, the epoch being the one the items were drawn for (:class:`Views` carry it; 0
+    for items of another kind).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, train: bool,
-                 strong: StrongAugment | None = None, rng: ProcessRNG | None = None) -> None:
+                 strong: StrongAugment | None = None, seed: int = 0, rank: int = 0) -> None:
         self.mean, self.std, self.train = tuple(mean), tuple(std), bool(train)
         self.strong = strong
-        self.rng = rng or ProcessRNG(0)
+        self.seed, self.rank = int(seed), int(rank)
 
     @staticmethod
     def _stack(arrays: Sequence[np.ndarray]) -> torch.Tensor:
@@ -236,7 +288,9 @@ class BatchCollate:
         n_views = len(items[0][0])
         views = [self._stack([it[0][v] for it in items]) for v in range(n_views)]
         if self.strong is not None and n_views >= 2:
-            views[1] = self.strong(views[1], self.rng.torch())
+            epoch = getattr(items[0][0], "epoch", 0)
+            g = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, epoch, [it[2] for it in items]))
+            views[1] = self.strong(views[1], g)
         images = [normalize_batch(v, self.mean, self.std) for v in views]
         image: torch.Tensor | list[torch.Tensor] = images[0] if n_views == 1 else images
         target = torch.tensor([it[1] for it in items], dtype=torch.int64)
@@ -308,12 +362,12 @@ class Datasets:
     num_views: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    rng: ProcessRNG
+    seed: int
     kind: str
 
 
-def _read(kind: str, root, download: bool, rank: int, views, test_view, rng: ProcessRNG):
-    src = rng.numpy
+def _read(kind: str, root, download: bool, rank: int, views, test_view, seed: int):
+    src = seed
     if kind == "cifar100":
         ensure_cifar100(root, download, rank)
         xtr, ytr, classes = read_cifar100(root, train=True)
@@ -335,6 +389,8 @@ def build_datasets(cfg: Any, *, rank: int = 0, seed: int | None = None) -> Datas
     Keys read: ``DATASET.TYPE``, ``DATASET.ROOT``, ``DATASET.DOWNLOAD``,
     ``DATASET.TRAIN_SUBSET``, ``DATASET.SUBSET_SEED``, ``SOLVER.TRAINER``, ``CRD.NCE.K``, ``CRD.MODE``,
     ``EXPERIMENT.SEED``; optional ``DATASET.IMAGE_SIZE`` (``folder`` only, default 32).
+    ``rank`` keys the strong policy's per-batch seed (the per-item draws need no rank: a
+    sample is on one process per epoch).
     """
     kind = str(_get(cfg, "DATASET.TYPE", "cifar100"))
     if kind not in DATASET_TYPES:
@@ -343,12 +399,11 @@ def build_datasets(cfg: Any, *, rank: int = 0, seed: int | None = None) -> Datas
     if trainer not in _KNOWN_TRAINERS:
         raise ValueError(f"unknown SOLVER.TRAINER {trainer!r}; valid: {list(_KNOWN_TRAINERS)}")
     seed = int(_get(cfg, "EXPERIMENT.SEED", 0) if seed is None else seed)
-    rng = ProcessRNG(seed * 1000003 + 17 + 7919 * rank)  # each DDP process its own stream
     root = resolve_root(_get(cfg, "DATASET.ROOT", ""))
     train_view, test_view = view_transforms(kind, _get(cfg, "DATASET.IMAGE_SIZE", None) or None)
     two_view = trainer in TWO_VIEW_TRAINERS
     views = [train_view, train_view] if two_view else [train_view]
-    train, val, classes = _read(kind, root, bool(_get(cfg, "DATASET.DOWNLOAD", True)), rank, views, test_view, rng)
+    train, val, classes = _read(kind, root, bool(_get(cfg, "DATASET.DOWNLOAD", True)), rank, views, test_view, seed)
     subset = int(_get(cfg, "DATASET.TRAIN_SUBSET", 0) or 0)
     if subset < 0:
         raise ValueError(f"DATASET.TRAIN_SUBSET must be >= 0, got {subset}")
@@ -360,13 +415,14 @@ def build_datasets(cfg: Any, *, rank: int = 0, seed: int | None = None) -> Datas
     if trainer in CRD_TRAINERS:
         k = int(_get(cfg, "CRD.NCE.K", 16384))
         replace = None if kind in ("cifar100", "fashion_mnist", "folder") else True
-        train_ds = ContrastiveDataset(train, k, str(_get(cfg, "CRD.MODE", "exact")), replace, rng)
+        train_ds = ContrastiveDataset(train, k, str(_get(cfg, "CRD.MODE", "exact")), replace)
     spec = SPECS[kind]
     return Datasets(
         train=train_ds, val=val, num_classes=len(classes), classes=classes,
-        train_collate=BatchCollate(spec.mean, spec.std, train=True, strong=StrongAugment() if two_view else None, rng=rng),
-        val_collate=BatchCollate(spec.mean, spec.std, train=False, rng=rng),
-        num_views=2 if two_view else 1, mean=spec.mean, std=spec.std, rng=rng, kind=kind,
+        train_collate=BatchCollate(spec.mean, spec.std, train=True, strong=StrongAugment() if two_view else None,
+                                   seed=seed, rank=rank),
+        val_collate=BatchCollate(spec.mean, spec.std, train=False, seed=seed, rank=rank),
+        num_views=2 if two_view else 1, mean=spec.mean, std=spec.std, seed=seed, kind=kind,
     )
 
 
@@ -377,7 +433,7 @@ class Loaders:
     train: DataLoader
     val: DataLoader
     num_classes: int
-    train_sampler: DistributedSampler | None
+    train_sampler: EpochSampler | None  # always set by build_loaders
     num_train: int
     num_val: int
     classes: list[str] = field(default_factory=list)
@@ -391,9 +447,10 @@ def build_loaders(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str |
     """Training and validation loaders for ``cfg`` (see module docstring for batches and seeding).
 
     ``SOLVER.BATCH_SIZE`` is the global batch: each of ``world_size`` processes loads
-    ``BATCH_SIZE // world_size`` (an error if it does not divide). With ``world_size > 1`` the
-    training set is split by a :class:`DistributedSampler` (call ``train_sampler.set_epoch``).
-    Workers (``DATASET.NUM_WORKERS``) are persistent; memory is pinned on CUDA when
+    ``BATCH_SIZE // world_size`` (an error if it does not divide). The training order comes
+    from an :class:`EpochSampler` (``train_sampler``; call ``set_epoch`` before each epoch),
+    which also splits the set over ``world_size`` processes; validation is split with a
+    :class:`ShardSampler` (each sample on one process). Workers (``DATASET.NUM_WORKERS``) are persistent; memory is pinned on CUDA when
     ``DATASET.PIN_MEMORY``.
     """
     if world_size < 1 or not 0 <= rank < world_size:
@@ -413,12 +470,8 @@ def build_loaders(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str |
     ds = build_datasets(cfg, rank=rank, seed=seed)
     pin = bool(_get(cfg, "DATASET.PIN_MEMORY", True)) and torch.device(device).type == "cuda"
 
-    sampler = None
-    if world_size > 1:
-        sampler = DistributedSampler(ds.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        per_proc = len(sampler)
-    else:
-        per_proc = len(ds.train)
+    sampler = EpochSampler(len(ds.train), seed=seed, rank=rank, world_size=world_size)
+    per_proc = len(sampler)
     drop_last = bool(_get(cfg, "DATASET.DROP_LAST", False))
     if not drop_last and per_proc % batch == 1 and per_proc > 1:
         drop_last = True  # a one-image batch cannot train batch norm
@@ -428,10 +481,11 @@ def build_loaders(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str |
         raise ValueError(f"{per_proc} training images per process is fewer than one batch of {batch}")
     common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
                   worker_init_fn=_worker_init if workers > 0 else None)
-    train = DataLoader(ds.train, batch_size=batch, shuffle=sampler is None, sampler=sampler,
+    train = DataLoader(ds.train, batch_size=batch, shuffle=False, sampler=sampler,
                        drop_last=drop_last, collate_fn=ds.train_collate,
                        generator=torch.Generator().manual_seed(seed + 104729 * rank), **common)
-    val = DataLoader(ds.val, batch_size=val_batch, shuffle=False, drop_last=False,
+    val_sampler = ShardSampler(len(ds.val), rank, world_size) if world_size > 1 else None
+    val = DataLoader(ds.val, batch_size=val_batch, shuffle=False, sampler=val_sampler, drop_last=False,
                      collate_fn=ds.val_collate, generator=torch.Generator().manual_seed(seed + 1), **common)
     return Loaders(train=train, val=val, num_classes=ds.num_classes, train_sampler=sampler,
                    num_train=len(ds.train), num_val=len(ds.val), classes=ds.classes,

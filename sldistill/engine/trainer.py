@@ -181,7 +181,9 @@ class Trainer:
         train_loader, val_loader: the loaders (see docs/architecture.md for batch layout).
         run_dir: the run folder (written by rank 0 only).
         dist_info: this process's place in the process group.
-        train_sampler: sampler with ``set_epoch`` (DDP), or ``None``.
+        train_sampler: the sampler whose ``set_epoch(epoch)`` is called before every epoch
+            (``Loaders.train_sampler``; it fixes the epoch's order and augmentation keys). When
+            omitted, ``train_loader.sampler`` is used if it has ``set_epoch``.
         resume: continue from ``run_dir/latest.pth``.
         log_interval: iterations between host reads of the running sums (progress bar,
             non-finite check, stop-signal agreement across processes).
@@ -203,6 +205,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.train_loader = train_loader
         self.val_loader = val_loader
+        if train_sampler is None and hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_sampler = train_loader.sampler  # type: ignore[attr-defined]
         self.train_sampler = train_sampler
         self.resume = resume
         self.log_interval = max(1, int(log_interval))
@@ -269,7 +273,6 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "teacher_acc": self.teacher_acc,
             "rng": capture_rng_state(),
-            "loader_rng": self._loader_rng(),
             "cfg": cfg_plain,
         }
         if interrupted_at is not None:
@@ -277,24 +280,6 @@ class Trainer:
             state["iteration"] = interrupted_at
             state["epoch_rng"] = epoch_rng
         return state
-
-    def _loader_generators(self) -> list[torch.Generator]:
-        gens = []
-        for obj in (self.train_loader, getattr(self.train_loader, "sampler", None),
-                    getattr(getattr(self.train_loader, "batch_sampler", None), "sampler", None)):
-            g = getattr(obj, "generator", None)
-            if isinstance(g, torch.Generator) and all(g is not h for h in gens):
-                gens.append(g)
-        return gens
-
-    def _loader_rng(self) -> list[Tensor]:
-        return [g.get_state() for g in self._loader_generators()]
-
-    def _restore_loader_rng(self, states: Sequence[Tensor] | None) -> None:
-        if not states:
-            return
-        for g, s in zip(self._loader_generators(), states):
-            g.set_state(s)
 
     def _save(self, state: dict, name: str) -> None:
         if self.dist.is_main:
@@ -321,7 +306,6 @@ class Trainer:
             self.skip_iters = int(ckpt.get("iteration", 0))
             self._epoch_rng = ckpt.get("epoch_rng")
         self._resume_rng = ckpt.get("rng")
-        self._resume_loader_rng = ckpt.get("loader_rng")
         where = f"epoch {self.start_epoch}" + (f", iteration {self.skip_iters + 1}" if self.skip_iters else "")
         self.logger.info(f"resumed from {path}: continuing at {where} (best top-1 so far {self.best_acc:.2f})")
 
@@ -392,10 +376,12 @@ class Trainer:
         if self.train_sampler is not None and hasattr(self.train_sampler, "set_epoch"):
             self.train_sampler.set_epoch(epoch)
         skip = self.skip_iters
+        # The data stream of our loaders is keyed by (seed, epoch, sample) (see sldistill.data),
+        # so replaying needs only the global generators' state at the epoch start (for loaders
+        # that draw from them, e.g. DataLoader(shuffle=True) without a generator).
         if skip and self._epoch_rng is not None:
             restore_rng_state(self._epoch_rng.get("global"))
-            self._restore_loader_rng(self._epoch_rng.get("loader"))
-        epoch_rng = {"global": capture_rng_state(), "loader": self._loader_rng()}
+        epoch_rng = {"global": capture_rng_state()}
         loader_iter = iter(self.train_loader)
         if skip:
             for _ in range(skip):  # replay the data order up to the interrupt point
@@ -512,7 +498,6 @@ class Trainer:
             self.teacher_acc = self.evaluate_teacher()
         if self._resume_rng is not None and not self.skip_iters:
             restore_rng_state(self._resume_rng)
-            self._restore_loader_rng(getattr(self, "_resume_loader_rng", None))
             self._resume_rng = None
         history: list[dict] = []
         last_acc, last_epoch = float("nan"), self.start_epoch - 1
