@@ -19,6 +19,7 @@ from sldistill.data import (
     build_datasets,
     build_loaders,
     check_num_classes,
+    item_rng,
     read_cifar100,
     read_fashion_mnist,
     read_idx,
@@ -223,6 +224,10 @@ def test_item_keys_plain_index_and_errors(cifar_root):
     train = ds.train
     assert _np_same(train[7], train[(0, 7)]) and _np_same(train[-1], train[199])
     assert train[(4, 7)][0].epoch == 4 and train[7][0].epoch == 0
+    # the views are the transforms drawing from item_rng(seed, epoch, index), in view order
+    g = item_rng(1, 4, 7)
+    raw = read_cifar100(cifar_root)[0][7]
+    assert _np_same(train[(4, 7)], ((train.views[0](raw, g), train.views[1](raw, g)), train[7][1], 7))
     # the draws of an item do not depend on what was drawn before, nor on the dataset's seed only
     before = train[(3, 11)]
     for i in range(20):

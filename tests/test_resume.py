@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,95 @@ def test_rng_state_roundtrip():
     restore_rng_state(state)
     b = (random.random(), np.random.rand(), torch.rand(3))
     assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: real data files, the CLI and the run assembly (sldistill.engine.run.train)
+# ---------------------------------------------------------------------------------------------
+
+SEED_CFG = Path(__file__).resolve().parents[2] / "shared" / "seed_configs" / "sld" / "cifar100" / "sld" / "res32x4_res8x4.yaml"
+
+
+@pytest.fixture(scope="module")
+def cifar_env(tmp_path_factory):
+    from datagen import write_cifar100
+    from sldistill import models
+
+    root = tmp_path_factory.mktemp("resume_e2e")
+    data = write_cifar100(root / "data", n_train=32, n_test=8)
+    torch.manual_seed(0)
+    teacher = models.create("resnet8", num_classes=100, dataset="cifar100")
+    ckpt = root / "teachers" / "cifar_teachers" / "resnet8_vanilla" / "ckpt_epoch_240.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"model": teacher.state_dict()}, ckpt)  # the published format
+    return {"data": data, "teacher": ckpt}
+
+
+@pytest.fixture
+def restore_determinism():
+    yield  # EXPERIMENT.DETERMINISTIC switches deterministic algorithms on for the process
+    torch.use_deterministic_algorithms(False)
+
+
+def _opts(env, out: Path, workers: int) -> list[str]:
+    """SLD with the two-view trainer (weak + batched strong policy), 4 steps per epoch."""
+    return ["DISTILLER.TYPE", "SLD", "SOLVER.TRAINER", "ours", "DISTILLER.TEACHER", "resnet8",
+            "DISTILLER.STUDENT", "resnet8", "DISTILLER.TEACHER_CKPT", str(env["teacher"]),
+            "DATASET.ROOT", str(env["data"]), "DATASET.NUM_WORKERS", str(workers), "DATASET.TEST.BATCH_SIZE", "8",
+            "SOLVER.BATCH_SIZE", "8", "SOLVER.EPOCHS", "2", "SOLVER.LR_DECAY_STAGES", "[1]",
+            "EXPERIMENT.DETERMINISTIC", "true", "EXPERIMENT.SEED", "3", "EXPERIMENT.DEVICE", "cpu",
+            "EXPERIMENT.NAME", "run", "LOG.PREFIX", str(out), "LOG.TENSORBOARD", "false", "LOG.PROGRESS", "false"]
+
+
+def _student(out: Path) -> dict:
+    return load_checkpoint(out / "sld_cifar100_baselines" / "run" / "latest.pth")
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a["epoch"] == b["epoch"] == 2
+    assert a["model"].keys() == b["model"].keys()
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k  # bitwise
+
+
+class _StopAtCheck(StopFlag):
+    """Acts as a SIGTERM arriving before the ``n``-th stop check (the trainer checks after every
+    iteration and after every epoch)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.left = n
+
+    def __bool__(self) -> bool:
+        self.left -= 1
+        if self.left == 0:
+            self.set(signal.SIGTERM)
+        return self.signum is not None
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_cli_resume_of_real_run_equals_uninterrupted(cifar_env, tmp_path, restore_determinism, workers):
+    from sldistill.cli import main
+    from sldistill.engine.config import load_config
+    from sldistill.engine.run import train
+
+    assert main(["train", "--cfg", str(SEED_CFG), *_opts(cifar_env, tmp_path / "full", workers)]) == 0
+    full = _student(tmp_path / "full")
+
+    # stopped at the epoch boundary, then `sldistill train ... --resume` in a fresh generator state
+    part = tmp_path / "part"
+    res = train(load_config(SEED_CFG, _opts(cifar_env, part, workers)), stop_after_epoch=1, log_interval=1)
+    assert res.status == "stopped" and _student(part)["epoch"] == 1
+    torch.manual_seed(1234), np.random.seed(5), random.seed(6)
+    assert main(["train", "--cfg", str(SEED_CFG), *_opts(cifar_env, part, workers), "--resume"]) == 0
+    _assert_same_weights(full, _student(part))
+
+    # SIGTERM in epoch 2 after iteration 2 (checks: 4 iterations + end of epoch 1, then 2), resume
+    cut = tmp_path / "cut"
+    res = train(load_config(SEED_CFG, _opts(cifar_env, cut, workers)), stop_flag=_StopAtCheck(7), log_interval=1)
+    assert res.status == "interrupted" and res.signal_name == "SIGTERM"
+    ck = _student(cut)
+    assert ck["interrupted"] and (ck["epoch"], ck["iteration"]) == (1, 2)
+    torch.manual_seed(99)
+    assert main(["train", "--cfg", str(SEED_CFG), *_opts(cifar_env, cut, workers), "--resume"]) == 0
+    _assert_same_weights(full, _student(cut))

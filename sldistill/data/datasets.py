@@ -26,6 +26,7 @@ import operator
 import os
 import pickle
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,13 +172,55 @@ def split_key(key: Any, length: int | None = None) -> tuple[int, int]:
     return int(epoch), int(index)
 
 
+def _item_key_counter(seed: int, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    # Philox is a counter-based generator: distinct keys give independent streams, and the
+    # counters of different indices start 2**128 blocks apart, so streams never overlap.
+    key = np.array([int(seed) & _MASK64, int(epoch) & _MASK64], dtype=np.uint64)
+    counter = np.array([0, 0, int(index) & _MASK64, _ITEM_STREAM], dtype=np.uint64)
+    return key, counter
+
+
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of one item's random draws: a pure function of ``(seed, epoch, index)``.
 
     Views (crops, flips, rotations) and CRD's contrast indices of sample ``index`` in epoch
-    ``epoch`` come from it, whichever process draws them and whatever it drew before.
+    ``epoch`` come from it, whichever process draws them and whatever it drew before. It is
+    a Philox generator keyed by ``(seed, epoch)`` whose counter starts at a block given by
+    ``index``.
     """
-    return np.random.default_rng(np.random.SeedSequence([int(seed) & _MASK64, int(epoch), int(index), _ITEM_STREAM]))
+    key, counter = _item_key_counter(seed, epoch, index)
+    return np.random.Generator(np.random.Philox(counter=counter, key=key))
+
+
+class _ItemRNG:
+    """:func:`item_rng` without building a generator per item: one Philox generator per thread,
+    re-keyed for each item (about 1 us instead of 8 us; the same stream). The generator it
+    returns is valid until the next call in the same thread."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __call__(self, seed: int, epoch: int, index: int) -> np.random.Generator:
+        loc = self._local
+        gen = getattr(loc, "gen", None)
+        if gen is None:
+            gen = loc.gen = np.random.Generator(np.random.Philox(0))
+            loc.state = gen.bit_generator.state
+        key, counter = _item_key_counter(seed, epoch, index)
+        state = loc.state
+        state["state"]["key"] = key
+        state["state"]["counter"] = counter
+        state["buffer_pos"] = 4  # buffer empty: the next draw runs the cipher on `counter`
+        state["has_uint32"] = 0
+        state["uinteger"] = 0
+        gen.bit_generator.state = state
+        return gen
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()  # type: ignore[misc]
 
 
 class Views(tuple):
@@ -208,6 +251,7 @@ class _ViewsDataset:
     def __init__(self, views: Sequence[Transform], seed: int = 0) -> None:
         self.views = tuple(views)
         self.seed = int(seed)
+        self._item_rng = _ItemRNG()
 
     @property
     def num_classes(self) -> int:
@@ -218,8 +262,9 @@ class _ViewsDataset:
         raise NotImplementedError
 
     def item_rng(self, epoch: int, index: int) -> np.random.Generator:
-        """The generator of item ``index``'s draws in ``epoch`` (see :func:`item_rng`)."""
-        return item_rng(self.seed, epoch, index)
+        """The generator of item ``index``'s draws in ``epoch``: :func:`item_rng`'s stream, from
+        a generator this thread re-keys per item (use it before asking for the next item's)."""
+        return self._item_rng(self.seed, epoch, index)
 
     def item(self, index: int, rng: np.random.Generator, epoch: int = 0) -> tuple[Views, int, int]:
         """``(views, target, index)`` of sample ``index`` with the view transforms drawing from ``rng``."""
