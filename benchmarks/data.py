@@ -5,7 +5,9 @@ horizontal-flip views, the released strong policy (two operations drawn with rep
 from the 14, uniform magnitudes in the published ranges, then Cutout) on the second view, and
 normalisation to float. The PIL pipeline applies it per image with PIL and torchvision's
 ``ToTensor``/``Normalize``, as the published code does; ours crops per image in numpy and
-runs the strong policy and normalisation per batch on uint8 tensors. Same loader settings
+runs the strong policy and normalisation per batch on uint8 tensors, with the training
+pipeline's keyed randomness (an ``EpochSampler`` yields ``(epoch, index)`` keys, each item
+seeds its own generator, each batch its strong-policy generator). Same loader settings
 (2 persistent workers, batch 64). The last line prints the speed-up, e.g. ``speed-up 2.4x``.
 
 Usage: ``python benchmarks/data.py [--images 4096] [--batches 48] [--workers 2]``
@@ -23,7 +25,7 @@ from torchvision import transforms
 
 from sldistill.data.augment import RandomCropFlip, StrongAugment, pil_strong_augment
 from sldistill.data.datasets import SPECS, ArrayDataset
-from sldistill.data.loaders import BatchCollate, ProcessRNG
+from sldistill.data.loaders import BatchCollate, EpochSampler
 
 MEAN, STD = SPECS["cifar100"].mean, SPECS["cifar100"].std
 
@@ -80,15 +82,16 @@ def main() -> None:
     args = ap.parse_args()
     data = _images(args.images)
     targets = np.arange(args.images) % 100
-    common = dict(batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+    common = dict(batch_size=args.batch_size, num_workers=args.workers,
                   persistent_workers=args.workers > 0, drop_last=True)
 
-    rng = ProcessRNG(0)
     crop = RandomCropFlip(32, padding=4)
-    ours_ds = ArrayDataset(data, targets, [str(i) for i in range(100)], [crop, crop], rng.numpy)
-    ours = DataLoader(ours_ds, collate_fn=BatchCollate(MEAN, STD, train=True, strong=StrongAugment(), rng=rng),
+    ours_ds = ArrayDataset(data, targets, [str(i) for i in range(100)], [crop, crop], seed=0)
+    sampler = EpochSampler(len(ours_ds), seed=0)
+    sampler.set_epoch(1)
+    ours = DataLoader(ours_ds, sampler=sampler, collate_fn=BatchCollate(MEAN, STD, train=True, strong=StrongAugment()),
                       generator=torch.Generator().manual_seed(0), **common)
-    plain = DataLoader(PILTwoView(data, targets), generator=torch.Generator().manual_seed(0), **common)
+    plain = DataLoader(PILTwoView(data, targets), shuffle=True, generator=torch.Generator().manual_seed(0), **common)
 
     # interleave rounds so that load from other processes affects both alike; best of each
     r_plain, r_ours = [], []
