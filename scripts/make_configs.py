@@ -169,7 +169,9 @@ def published_experiments(seed: Path) -> list[tuple[str, Path, str, str, Path]]:
 
 def fashion_mnist() -> dict[Path, str]:
     """The demo's files (not published experiments): ResNet20 teacher, ResNet8 student."""
-    common_data = {"TYPE": "fashion_mnist", "NUM_WORKERS": 2, "TRAIN_SUBSET": 10000, "TEST": {"BATCH_SIZE": 256}}
+    # SUBSET_SEED 0: every run (any EXPERIMENT.SEED) trains on the same 10k images as the teacher
+    common_data = {"TYPE": "fashion_mnist", "NUM_WORKERS": 2, "TRAIN_SUBSET": 10000, "SUBSET_SEED": 0,
+                   "TEST": {"BATCH_SIZE": 256}}
     solver = {"TRAINER": "base", "BATCH_SIZE": 64, "EPOCHS": 10, "LR": 0.05, "LR_DECAY_STAGES": [6, 8],
               "LR_DECAY_RATE": 0.1, "WEIGHT_DECAY": 0.0005, "MOMENTUM": 0.9, "TYPE": "SGD"}
     log = {"SAVE_CHECKPOINT_FREQ": 5}
@@ -189,9 +191,18 @@ def fashion_mnist() -> dict[Path, str]:
         "kd_sort": ({"TYPE": "KD", "LOGIT_PROCESSOR": "sort"},
                     {"KD": {"TEMPERATURE": 4, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9}}}, "base"),
         "dkd": ({"TYPE": "DKD", "LOGIT_PROCESSOR": "none"}, {"DKD": {"CE_WEIGHT": 1.0, "ALPHA": 1.0, "BETA": 8.0, "T": 4.0, "WARMUP": 2}}, "base"),
+        "dkd_sort": ({"TYPE": "DKD", "LOGIT_PROCESSOR": "sort"},
+                     {"DKD": {"CE_WEIGHT": 1.0, "ALPHA": 1.0, "BETA": 8.0, "T": 4.0, "WARMUP": 2}}, "base"),
+        "mlkd": ({"TYPE": "MLKD", "LOGIT_PROCESSOR": "none"},
+                 {"KD": {"TEMPERATURE": 4, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9}}}, "ours"),
         "sld": ({"TYPE": "SLD", "LOGIT_PROCESSOR": "none"},
                 {"KD": {"TEMPERATURE": 4, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9}},
                                   "SLD": {"TEMPERATURES": [1, 2, 3, 4, 5, 6], "GAMMA_FRACTION": 0.625}}, "ours"),
+        # sort in place of swap, on the teacher's and on the student's (pseudo-teacher) logits
+        "sld_sort": ({"TYPE": "SLD", "LOGIT_PROCESSOR": "none"},
+                     {"KD": {"TEMPERATURE": 4, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9}},
+                      "SLD": {"TEMPERATURES": [1, 2, 3, 4, 5, 6], "GAMMA_FRACTION": 0.625,
+                              "TEACHER_PROCESSOR": "sort", "STUDENT_PROCESSOR": "sort"}}, "ours"),
     }
     for method, (distiller, extra, trainer) in students.items():
         content = {"EXPERIMENT": {"PROJECT": "fashion_mnist", "TAG": f"{method},resnet20,resnet8"},
