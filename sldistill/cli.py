@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["main", "build_parser", "SUBCOMMANDS", "cmd_train", "cmd_eval", "cmd_configs", "cmd_demo", "cmd_sweep"]
+__all__ = ["main", "build_parser", "SUBCOMMANDS", "cmd_train", "cmd_eval", "cmd_configs", "cmd_demo", "cmd_sweep", "cmd_bench"]
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -259,12 +259,42 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 #: subcommand adders, in help order; each registers a parser whose ``func`` handles it
+# ---------------------------------------------------------------------------- bench
+def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``sldistill bench [--only ...] [--out FILE]``: every benchmark's ratio table."""
+    p = sub.add_parser("bench", help="run the benchmarks (losses, models, data, training step) and print ratio tables",
+                       description="Run benchmarks/run_all.py of the source checkout: each benchmark compares "
+                                   "ours with a plain implementation of the same work in the same run.")
+    p.add_argument("--only", default=None, metavar="NAMES", help="comma-separated subset of: losses, models, data, train_step")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the outputs to a markdown file")
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run ``sldistill bench``: the benchmarks live beside the package in a source checkout."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "run_all.py").is_file():
+        raise FileNotFoundError(f"benchmarks/run_all.py not found under {root}: `sldistill bench` needs a source "
+                                "checkout of sldistill (the benchmarks are not part of the installed package)")
+    cmd = [sys.executable, "-m", "benchmarks.run_all"]
+    if args.only:
+        cmd += ["--only", args.only]
+    if args.out:
+        cmd += ["--out", str(Path(args.out).resolve())]
+    return subprocess.run(cmd, cwd=root).returncode
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [
     add_train_parser,
     add_eval_parser,
     add_configs_parser,
     add_demo_parser,
     add_sweep_parser,
+    add_bench_parser,
 ]
 
 
