@@ -95,7 +95,7 @@ def check_target(target: object, logits: Tensor, logits_name: str = "logits") ->
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but {logits_name} is on {logits.device}")
     if target.device.type == "cpu" and target.numel() > 0:
-        lo, hi = int(target.min()), int(target.max())
+        lo, hi = (int(v) for v in torch.aminmax(target))
         n_cls = logits.shape[1]
         if lo < 0 or hi >= n_cls:
             raise ValueError(

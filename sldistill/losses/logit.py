@@ -30,7 +30,7 @@ Implementation notes (same values as the released code, fewer passes):
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -61,12 +61,19 @@ def _compute(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype :func:`_compute` gives ``x``."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 @functools.lru_cache(maxsize=128)
-def _const(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A small constant tensor, built once per (values, dtype, device): copying a Python list
-    to an accelerator would synchronise the host on every call. Never modified in place."""
+def _const(values: tuple[float, ...], dtype: torch.dtype, device: torch.device, column: bool = False) -> Tensor:
+    """A small constant tensor (``[n]``, or ``[n, 1]`` with ``column``), built once per
+    arguments: copying a Python list to an accelerator would synchronise the host on every
+    call. Never modified in place."""
     with torch.inference_mode(False):  # a normal tensor even if first built in inference mode
-        return torch.tensor(values, dtype=dtype, device=device)
+        out = torch.tensor(values, dtype=dtype, device=device)
+        return out[:, None] if column else out
 
 
 def _temps(temperature: Temperatures, name: str = "temperature") -> list[float]:
@@ -88,71 +95,195 @@ def _check_processor(name: str, arg: str = "processor") -> str:
     return name
 
 
-class _StackedKL(torch.autograd.Function):
-    """Forward computes the weighted multi-temperature KL, the student's per-temperature
-    ``logsumexp`` and, at the same time, the gradient (``sum_T w_T / T * (q^T - p^T)``), so
-    that each of the student and the teacher costs one fused softmax over ``[nT, N, C]``."""
+class _Extras(NamedTuple):
+    """What :class:`_FusedKL` computes besides the KD term (all off by default)."""
+
+    #: swap the teacher's arg-max and label entries first (the ``"swap"`` processor; needs labels)
+    teacher_swap: bool = False
+    #: index of ``T = 1`` among the temperatures for the cross-entropy output; ``-1``: no CE output
+    ce_index: int = -1
+    #: the CE output is ``ce_weight * sum_n CE_n`` (the caller folds ``1 / B`` in)
+    ce_weight: float = 0.0
+    #: swap pseudo-teacher output: 0 off, 1 on (gradient through both sides), 2 pseudo-teacher detached
+    pseudo: int = 0
+
+
+#: Rows are processed in blocks whose ``[rows, nT, C]`` exponentials take about this many bytes:
+#: large enough to amortise the per-op overhead, small enough to stay in cache and to be
+#: recycled by the host allocator (glibc maps a block above 32 MB freshly on every call, and
+#: page-faulting it in costs more than the arithmetic).
+_BLOCK_BYTES = 4 << 20
+
+
+class _FusedKL(torch.autograd.Function):
+    r"""The weighted multi-temperature KD term and, on the same student logits, optionally the
+    cross-entropy and the SLD swap pseudo-teacher term, from one exponential pass per side.
+
+    Inputs: ``opts`` (:class:`_Extras`), ``inv`` (``[nT]``, ``1 / T``), ``weight`` (``[nT, 1]``
+    or ``[nT, N]``), labels ``y`` (``[N]`` or ``None``), then ``k`` student views and ``k``
+    teacher views (``[B, C]`` each, concatenated along the batch: ``N = k B``). Teacher views
+    are constants. Outputs ``(kd, ce, pseudo)``, ``None`` for a disabled term. With
+    ``x = s / T``, ``u = t / T``, ``p = softmax(u)``, ``q = softmax(x)``, ``lse = logsumexp``:
+
+    * ``kd = sum_{T,n} w_{T,n} KL(p || q)``, ``KL = sum_c p_c (u_c - x_c) - lse(u) + lse(x)``.
+      With ``P = sum_T (w_T / T) p^T`` (``[N, C]``) the first part is ``sum_{n,c} P (t - s)``,
+      so no ``[nT, N, C]`` product is formed; the gradient is ``sum_T (w_T / T) q^T - P``.
+    * ``ce = ce_weight * sum_n (lse(s_n) - s_{n,y})`` (the ``T = 1`` slot); gradient
+      ``ce_weight * (q^1 - onehot(y))``.
+    * ``pseudo = sum_{T,n} w_T (q_a - q_y) D / T`` with ``a = argmax(s)``, ``D = s_a - s_y``:
+      the closed form of ``KL(swap(q) || q)`` (only the two exchanged entries differ). Its
+      gradient is dense in ``q^T`` (coefficient ``-w_T D (q_a - q_y) / T^2``) plus entries at
+      ``a`` and ``y``; with the pseudo-teacher detached only the entries from ``D`` remain.
+
+    Exponentials: with ``m = max_c s_c``, ``e^T = exp((s - m) / T)`` fills an ``[rows, nT, C]``
+    block; ``Z = sum_c e``, ``lse = m / T + log Z``, ``q = e / Z`` and, because ``e`` is exactly
+    1 at the arg-max, ``q_a = 1 / Z``. Each gradient above is ``sum_T coef[n, T] e^T[n, :]``
+    plus a few entries, i.e. one batched matrix product per block, so all are formed in the
+    forward (one ``[N, C]`` slice per output); the backward combines them with the incoming
+    gradients, which keeps the outputs' gradients separate and exact.
+    """
 
     @staticmethod
-    def forward(ctx, s: Tensor, t: Tensor, inv: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(ctx, opts: _Extras, inv: Tensor, weight: Tensor, y: Optional[Tensor], *views: Tensor):  # type: ignore[override]
         ctx.set_materialize_grads(False)
-        scale = inv[:, None, None]
-        xs = s.unsqueeze(0) * scale
-        q = torch.softmax(xs, dim=-1)
-        # logsumexp(x) = max(x) + log Z and q at the arg-max is 1 / Z: no second exp pass;
-        # for T > 0 the max and arg-max of s / T are those of s.
-        s_max, s_arg = s.max(dim=1, keepdim=True)
-        lse_s = s_max.squeeze(1) * inv[:, None] - torch.log(q.gather(-1, s_arg.expand(len(inv), -1, -1)).squeeze(-1))
-        pt = torch.softmax(t.unsqueeze(0) * scale, dim=-1)
-        t_max, t_arg = t.max(dim=1, keepdim=True)
-        lse_t = t_max.squeeze(1) * inv[:, None] - torch.log(pt.gather(-1, t_arg.expand(len(inv), -1, -1)).squeeze(-1))
-        # KL_T(n) = sum_c p (x_t - x_s) - lse_t + lse_s, with x_t - x_s = (t - s) / T
-        kl = (pt * (t - s).unsqueeze(0)).sum(dim=-1) * inv[:, None] - lse_t + lse_s
-        w = weight.expand_as(kl)
-        value = (w * kl).sum()
-        if not ctx.needs_input_grad[0]:
-            return value, lse_s
-        if weight.shape[1] == 1:  # per-temperature weights: two matrix-vector products
-            coef = (weight.squeeze(1) * inv).unsqueeze(0)
-            grad = (coef @ q.flatten(1) - coef @ pt.flatten(1)).view_as(s)
+        k = len(views) // 2
+        s = _compute(views[0] if k == 1 else torch.cat(views[:k]))
+        t = _compute(views[k] if k == 1 else torch.cat(views[k:]))
+        n_rows, n_cls = s.shape
+        n_t = inv.shape[0]
+        inv = inv.unsqueeze(1)  # [nT, 1]
+        wi = weight * inv  # w_T / T, [nT, 1 or N]
+        yy = None if y is None else y.unsqueeze(1)
+        active = [0] + ([1] if opts.ce_index >= 0 else []) + ([2] if opts.pseudo else [])
+        grads = s.new_empty(n_rows, len(active), n_cls) if any(ctx.needs_input_grad[4 : 4 + k]) else None
+        ce_col = None
+        if grads is not None and opts.ce_index >= 0:
+            ce_col = _const(tuple(opts.ce_weight * (i == opts.ce_index) for i in range(n_t)), s.dtype, s.device)
+            ce_col = ce_col.unsqueeze(1)
+        rows = max(1, min(n_rows, _BLOCK_BYTES // max(1, n_t * n_cls * s.element_size())))
+        buf = s.new_empty(n_t, rows, n_cls)
+        if rows == n_rows:
+            acc = _fused_block(opts, inv, weight, wi, s, t, yy, buf, grads, ce_col)
         else:
-            grad = _weighted_sum(q - pt, w * inv[:, None])
-        ctx.save_for_backward(grad, q, inv)
-        return value, lse_s
+            acc = [None, None, None]
+            for i in range(0, n_rows, rows):
+                j = min(i + rows, n_rows)
+
+                def part(x: Optional[Tensor], dim: int = 0) -> Optional[Tensor]:
+                    return x if x is None or x.shape[dim] == 1 else x.narrow(dim, i, j - i)
+
+                values = _fused_block(
+                    opts, inv, part(weight, 1), part(wi, 1), part(s), part(t), part(yy), buf[:, : j - i],
+                    part(grads), ce_col,
+                )
+                acc = [v if a is None else a + v for a, v in zip(acc, values)]
+            if n_rows == 0:
+                acc = [s.new_zeros(()) if o in active else None for o in range(3)]
+        if grads is not None:
+            ctx.save_for_backward(grads)
+        ctx.active = active
+        ctx.split = [v.shape[0] for v in views[:k]]
+        ctx.dtypes = [v.dtype for v in views[:k]]
+        return tuple(acc)
 
     @staticmethod
-    def backward(ctx, g_value: Optional[Tensor], g_lse: Optional[Tensor]):  # type: ignore[override]
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        grad, q, inv = ctx.saved_tensors
-        out = None
-        if g_value is not None:
-            out = grad * g_value
-        if g_lse is not None:
-            extra = _weighted_sum(q, g_lse * inv[:, None])
-            out = extra if out is None else out + extra
-        return out, None, None, None
+    def backward(ctx, *g_out: Optional[Tensor]):  # type: ignore[override]
+        n_views = len(ctx.split)
+        if not ctx.saved_tensors or all(g is None for g in g_out):
+            return (None,) * (4 + 2 * n_views)
+        (grads,) = ctx.saved_tensors  # [N, n_active, C]
+        grad = None
+        for i, o in enumerate(ctx.active):
+            if g_out[o] is not None:
+                grad = grads[:, i] * g_out[o] if grad is None else grad.addcmul_(grads[:, i], g_out[o])
+        out = grad.split(ctx.split) if n_views > 1 else (grad,)
+        out = tuple(g if g.dtype == dt else g.to(dt) for g, dt in zip(out, ctx.dtypes))
+        return (None, None, None, None, *out, *([None] * n_views))
 
 
-def _weighted_sum(x: Tensor, coef: Tensor) -> Tensor:
-    """``sum_k coef[k, n] * x[k, n, :]`` for ``x`` ``[nT, N, C]`` and ``coef`` ``[nT, N]``."""
-    return (x * coef.unsqueeze(-1)).sum(dim=0)
+def _exp_block(x: Tensor, inv: Tensor, out: Tensor) -> Tensor:
+    """``out[k, n, c] = exp(x[n, c] * inv[k])`` (``inv`` ``[nT, 1]``, ``out`` ``[nT, n, C]``)."""
+    return torch.mul(x.unsqueeze(0), inv.unsqueeze(2), out=out).exp_()
 
 
-def _stacked_kl(s: Tensor, t: Tensor, temps: Sequence[float], weight: Tensor) -> tuple[Tensor, Tensor]:
-    r"""``sum_{T, n} weight[T, n] * KL(softmax(t_n / T) || softmax(s_n / T))`` in one pass.
+def _fused_block(
+    opts: _Extras, inv: Tensor, w: Tensor, wi: Tensor, s: Tensor, t: Tensor, yy: Optional[Tensor],
+    buf: Tensor, grads: Optional[Tensor], ce_col: Optional[Tensor],
+) -> list[Optional[Tensor]]:
+    """One block of rows of :class:`_FusedKL`: returns its ``[kd, ce, pseudo]`` partial values
+    and writes the outputs' gradients w.r.t. ``s`` into ``grads`` (``[rows, n_active, C]``).
+    ``buf`` is ``[nT, rows, C]``, ``inv`` ``[nT, 1]``, ``w`` and ``wi = w / T`` are
+    ``[nT, 1 or rows]``; per-row quantities below are ``[nT, rows]``."""
+    # teacher: swap (arg-max value to the label and back), then the weighted mean probability P
+    if opts.teacher_swap:
+        m_t, a_t = t.max(1, keepdim=True)  # first maximal index, like argmax
+        t_y = t.gather(1, yy)
+        t = t.scatter(1, yy, m_t).scatter_(1, a_t, t_y)
+    else:
+        m_t = t.amax(1, keepdim=True)
+    e = _exp_block(t - m_t, inv, buf)  # [nT, rows, C]
+    z_t = e.sum(-1)
+    p_bar = torch.bmm((wi / z_t).t().contiguous().unsqueeze(1), e.transpose(0, 1)).squeeze(1)  # sum_T w_T/T p^T
+    # student (the buffer is reused: the teacher's exponentials are no longer needed)
+    if opts.pseudo:
+        m_s, a_s = s.max(1, keepdim=True)
+    else:
+        m_s = s.amax(1, keepdim=True)
+    e = _exp_block(s - m_s, inv, buf)
+    z_s = e.sum(-1)
+    lse_gap = torch.log(z_s / z_t).addcmul_(inv, (m_s - m_t).t())  # lse(x) - lse(u)
+    kd = torch.dot(p_bar.flatten(), (t - s).flatten()) + (w * lse_gap).sum()
+    ce = pseudo = None
+    if opts.ce_index >= 0 or opts.pseudo:
+        gap_y = (m_s - s.gather(1, yy)).t()  # D = s_a - s_y >= 0 ([1, rows]), 0 where the arg-max is the label
+    if opts.ce_index >= 0:
+        ce = opts.ce_weight * (gap_y.sum() + z_s[opts.ce_index].log().sum())
+    if opts.pseudo:
+        e_y = e.gather(2, yy.expand(e.shape[0], -1, 1)).squeeze(2)  # exp((s_y - s_a) / T)
+        q_gap = (1.0 - e_y) / z_s  # q_a - q_y
+        h = wi * q_gap
+        pseudo = (h * gap_y).sum()
+    if grads is not None:
+        # dense parts: coefficients of e^T / Z, one [nT, rows] slice per active output
+        coef = [wi.expand_as(z_s)]
+        if ce_col is not None:
+            coef.append(ce_col.expand_as(z_s))
+        if opts.pseudo == 1:
+            coef.append(h * inv * -gap_y)
+        elif opts.pseudo == 2:
+            coef.append(z_s.new_zeros(()).expand_as(z_s))
+        coef = torch.stack(coef).div_(z_s).permute(2, 0, 1).contiguous()  # [rows, n_active, nT]
+        torch.bmm(coef, e.transpose(0, 1), out=grads)
+        grads[:, 0].sub_(p_bar)
+        # sparse parts: entries at the label and at the arg-max
+        o = 1
+        if ce_col is not None:
+            grads[:, o].scatter_add_(1, yy, ce_col[opts.ce_index].neg().expand_as(yy))
+            o += 1
+        if opts.pseudo:
+            h_sum = h.sum(0, keepdim=True)
+            at_a, at_y = h_sum, -h_sum
+            if opts.pseudo == 1:  # from q_a - q_y: (q_a (1_a - q) - q_y (1_y - q)) / T
+                wi2 = wi * inv
+                at_a = at_a + gap_y * (wi2 / z_s).sum(0, keepdim=True)
+                at_y = at_y - gap_y * (wi2 * (e_y / z_s)).sum(0, keepdim=True)
+            grads[:, o].scatter_add_(1, a_s, at_a.t()).scatter_add_(1, yy, at_y.t())
+    return [kd, ce, pseudo]
+
+
+def _fused_kl(
+    s: Tensor, t: Tensor, temps: Sequence[float], weight: Tensor
+) -> Tensor:
+    r"""``sum_{T, n} weight[T, n] * KL(softmax(t_n / T) || softmax(s_n / T))`` (one fused pass).
 
     Args:
         s: student logits ``[N, C]`` (graph kept).
-        t: teacher logits ``[N, C]`` (no gradient).
+        t: teacher logits ``[N, C]`` (constant).
         temps: ``nT`` temperatures.
         weight: ``[nT, N]`` or ``[nT, 1]`` weights (no gradient).
-
-    Returns:
-        ``(value, lse)`` with ``lse[k, n] = logsumexp(s_n / temps[k])`` (differentiable, reusable).
     """
-    inv = _const(tuple(1.0 / T for T in temps), s.dtype, s.device)
-    return _StackedKL.apply(s, t.detach(), inv, weight.detach())
+    inv = _const(tuple(1.0 / T for T in temps), _compute(s).dtype, s.device)
+    return _FusedKL.apply(_Extras(), inv, weight.detach(), None, s, t.detach())[0]
 
 
 def _prepare_pair(student: Tensor, teacher: Tensor, sname: str = "student", tname: str = "teacher") -> None:
@@ -209,8 +340,7 @@ def kd(
         target = check_target(target, student, "student")
     s, t = _apply_processor(processor, _compute(student), _compute(teacher.detach()), target)
     w = _const(tuple(T * T for T in temps), s.dtype, s.device)[:, None] / s.shape[0]
-    value, _ = _stacked_kl(s, t, temps, w)
-    return value
+    return _fused_kl(s, t, temps, w)
 
 
 # --------------------------------------------------------------------------- DKD
@@ -367,11 +497,11 @@ def mlkd(
     base = _const(tuple(kd_weight * t * t for t in temps), dt, dev)[:, None] / B  # [5, 1]
     if clean:
         w_weak = base * sample_mask[None, :]
-        loss_kd = _stacked_kl(kd_sw, kd_tw, temps, w_weak)[0] + _stacked_kl(kd_ss, kd_ts, temps, base)[0]
+        loss_kd = _fused_kl(kd_sw, kd_tw, temps, w_weak) + _fused_kl(kd_ss, kd_ts, temps, base)
     else:
         from_weak = _const((0.0, 0.0, 0.0, 1.0, 1.0), dt, dev)[:, None]
         w_weak = base * (sample_mask.mean() + from_weak)
-        loss_kd = _stacked_kl(kd_sw, kd_tw, temps, w_weak)[0] + _stacked_kl(kd_ss, kd_ts, temps[:3], base[:3])[0]
+        loss_kd = _fused_kl(kd_sw, kd_tw, temps, w_weak) + _fused_kl(kd_ss, kd_ts, temps[:3], base[:3])
 
     inv = _const(tuple(1.0 / t for t in temps), dt, dev)[:, None, None]
     ps = torch.softmax(sw.unsqueeze(0) * inv, dim=-1)
@@ -446,44 +576,70 @@ def sld(
     y1 = check_target(target, student_weak, "student_weak")
     B = student_weak.shape[0]
 
-    s = torch.cat([_compute(student_weak), _compute(student_strong)], dim=0)  # [2B, C]
-    t = torch.cat([_compute(teacher_weak.detach()), _compute(teacher_strong.detach())], dim=0)
-    y = torch.cat([y1, y1]).unsqueeze(1)  # [2B, 1]
-    dt, dev = s.dtype, s.device
-    w = _const(tuple(kd_weight * T * T for T in temps), dt, dev)[:, None] / B
+    y2 = torch.cat([y1, y1])  # labels of the two views, concatenated
+    dt, dev = _compute_dtype(student_weak), student_weak.device
+    pseudo_on = epoch > gamma and student_processor != "none"
+    loss_pseudo: Optional[Tensor] = None
 
-    # teacher term
-    if teacher_processor == "zscore":
-        s_t, t_p = _zscore(s), _zscore(t)
-    else:
-        s_t, t_p = s, get_processor(teacher_processor)(t, y.squeeze(1))
-    loss_kd, lse = _stacked_kl(s_t, t_p, temps, w)
-
-    # cross-entropy on both views
-    loss_ce = ce_weight * (F.cross_entropy(s[:B], y1) + F.cross_entropy(s[B:], y1))
-
-    # pseudo-teacher term
-    if epoch > gamma and student_processor != "none":
-        inv = _const(tuple(1.0 / T for T in temps), dt, dev)
-        if teacher_processor == "zscore":
-            lse = torch.logsumexp(s.unsqueeze(0) * inv[:, None, None], dim=-1)
-        if student_processor == "swap":
-            s_y = s.gather(1, y)  # [2B, 1]
-            a = s.detach().argmax(dim=1, keepdim=True)
-            s_a = s.gather(1, a)
-            diff = (s_a - s_y).squeeze(1)  # [2B]; zero where argmax == label
-            inv_c = inv[:, None]
-            gap = torch.exp(s_a.squeeze(1) * inv_c - lse) - torch.exp(s_y.squeeze(1) * inv_c - lse)  # q_a - q_y
-            if detach_pseudo_teacher:
-                gap = gap.detach()
-            loss_pseudo = (w * inv_c * gap * diff).sum()
+    if teacher_processor != "zscore":
+        # The KD term reads the raw student logits: the cross-entropy (the T = 1 slot, added
+        # with zero KD weight if 1 is not among the temperatures) and the swap pseudo-teacher
+        # term share its exponentials, in one autograd function.
+        k_temps = temps if 1.0 in temps else [*temps, 1.0]
+        w_kd = tuple(kd_weight * T * T / B for T in temps) + (0.0,) * (len(k_temps) - len(temps))
+        fused_pseudo = pseudo_on and student_processor == "swap"
+        opts = _Extras(
+            teacher_swap=teacher_processor == "swap",
+            ce_index=k_temps.index(1.0),
+            ce_weight=ce_weight / B,
+            pseudo=(2 if detach_pseudo_teacher else 1) if fused_pseudo else 0,
+        )
+        if teacher_processor == "sort":
+            teachers = tuple(get_processor("sort")(x.detach(), y1) for x in (teacher_weak, teacher_strong))
         else:
-            pseudo = get_processor(student_processor)(s, y.squeeze(1))
-            if detach_pseudo_teacher:
-                pseudo = pseudo.detach()
-            lp = torch.log_softmax(pseudo.unsqueeze(0) * inv[:, None, None], dim=-1)
-            lq = s.unsqueeze(0) * inv[:, None, None] - lse.unsqueeze(-1)
-            loss_pseudo = (w * (lp.exp() * (lp - lq)).sum(-1)).sum()
+            teachers = (teacher_weak.detach(), teacher_strong.detach())
+        inv = _const(tuple(1.0 / T for T in k_temps), dt, dev)
+        loss_kd, loss_ce, loss_pseudo = _FusedKL.apply(
+            opts, inv, _const(w_kd, dt, dev, column=True), y2, student_weak, student_strong, *teachers
+        )
+        if pseudo_on and not fused_pseudo:
+            s = torch.cat([_compute(student_weak), _compute(student_strong)])
+            loss_pseudo = _pseudo_term(s, y2, temps, kd_weight / B, student_processor, detach_pseudo_teacher)
     else:
-        loss_pseudo = s.new_zeros(())
+        # logit standardisation: the KD term reads zscore(s), CE and pseudo-teacher the raw s
+        s = torch.cat([_compute(student_weak), _compute(student_strong)])
+        t = torch.cat([_compute(teacher_weak.detach()), _compute(teacher_strong.detach())])
+        w = _const(tuple(kd_weight * T * T / B for T in temps), dt, dev, column=True)
+        loss_kd = _fused_kl(_zscore(s), _zscore(t), temps, w)
+        loss_ce = ce_weight * (F.cross_entropy(s[:B], y1) + F.cross_entropy(s[B:], y1))
+        if pseudo_on:
+            loss_pseudo = _pseudo_term(s, y2, temps, kd_weight / B, student_processor, detach_pseudo_teacher)
+    if loss_pseudo is None:
+        loss_pseudo = loss_kd.new_zeros(())
     return {"loss_ce": loss_ce, "loss_kd": loss_kd, "loss_pseudo": loss_pseudo}
+
+
+def _pseudo_term(
+    s: Tensor, y: Tensor, temps: Sequence[float], scale: float, processor: str, detach: bool
+) -> Tensor:
+    """``sum_T scale * T^2 * sum_n KL(softmax(P(s_n) / T) || softmax(s_n / T))`` with the
+    student processor ``P`` (any of them; the fused path covers ``swap`` after a raw-logit KD)."""
+    inv = _const(tuple(1.0 / T for T in temps), s.dtype, s.device)
+    w = _const(tuple(scale * T * T for T in temps), s.dtype, s.device, column=True)
+    lse = torch.logsumexp(s.unsqueeze(0) * inv[:, None, None], dim=-1)  # [nT, N]
+    yy = y.unsqueeze(1)
+    if processor == "swap":
+        s_y = s.gather(1, yy)
+        s_a = s.gather(1, s.detach().argmax(dim=1, keepdim=True))
+        diff = (s_a - s_y).squeeze(1)  # zero where argmax == label
+        inv_c = inv[:, None]
+        gap = torch.exp(s_a.squeeze(1) * inv_c - lse) - torch.exp(s_y.squeeze(1) * inv_c - lse)  # q_a - q_y
+        if detach:
+            gap = gap.detach()
+        return (w * inv_c * gap * diff).sum()
+    pseudo = get_processor(processor)(s, y)
+    if detach:
+        pseudo = pseudo.detach()
+    lp = torch.log_softmax(pseudo.unsqueeze(0) * inv[:, None, None], dim=-1)
+    lq = s.unsqueeze(0) * inv[:, None, None] - lse.unsqueeze(-1)
+    return (w * (lp.exp() * (lp - lq)).sum(-1)).sum()
