@@ -108,6 +108,42 @@ class _Extras(NamedTuple):
     pseudo: int = 0
 
 
+class _Coefs(NamedTuple):
+    """Constant inputs of :class:`_FusedKL` (no gradient)."""
+
+    inv: Tensor  #: ``[nT, 1]``: ``1 / T``
+    w: Tensor  #: ``[nT, 1 or N]``: weights of the KD term
+    wi: Tensor  #: ``w / T``
+    #: ``[n, nT, 1 or N]``: the constant rows of the gradients' coefficients (see ``_fused_block``):
+    #: KD (``w / T``), CE (``ce_weight`` at ``T = 1``), detached pseudo-teacher (none, zeros)
+    static: Tensor
+
+
+def _make_coefs(opts: _Extras, inv: Tensor, weight: Tensor) -> _Coefs:
+    """:class:`_Coefs` from ``inv`` (``[nT]``) and ``weight`` (``[nT, 1 or N]``)."""
+    inv = inv.unsqueeze(1)
+    wi = weight * inv
+    rows = [wi]
+    if opts.ce_index >= 0:
+        ce = torch.zeros_like(inv)
+        ce[opts.ce_index] = opts.ce_weight
+        rows.append(ce)
+    if opts.pseudo == 2:
+        rows.append(torch.zeros_like(inv))
+    return _Coefs(inv, weight, wi, torch.stack(torch.broadcast_tensors(*rows)))
+
+
+@functools.lru_cache(maxsize=64)
+def _const_coefs(
+    opts: _Extras, inv: tuple[float, ...], weight: tuple[float, ...], dtype: torch.dtype, device: torch.device
+) -> _Coefs:
+    """:func:`_make_coefs` for per-temperature weights, built once per arguments (see :func:`_const`)."""
+    with torch.inference_mode(False):
+        return _make_coefs(
+            opts, torch.tensor(inv, dtype=dtype, device=device), torch.tensor(weight, dtype=dtype, device=device)[:, None]
+        )
+
+
 #: Rows are processed in blocks whose ``[rows, nT, C]`` exponentials take about this many bytes:
 #: large enough to amortise the per-op overhead, small enough to stay in cache and to be
 #: recycled by the host allocator (glibc maps a block above 32 MB freshly on every call, and
@@ -119,9 +155,9 @@ class _FusedKL(torch.autograd.Function):
     r"""The weighted multi-temperature KD term and, on the same student logits, optionally the
     cross-entropy and the SLD swap pseudo-teacher term, from one exponential pass per side.
 
-    Inputs: ``opts`` (:class:`_Extras`), ``inv`` (``[nT]``, ``1 / T``), ``weight`` (``[nT, 1]``
-    or ``[nT, N]``), labels ``y`` (``[N]`` or ``None``), then ``k`` student views and ``k``
-    teacher views (``[B, C]`` each, concatenated along the batch: ``N = k B``). Teacher views
+    Inputs: ``opts`` (:class:`_Extras`), ``coefs`` (:class:`_Coefs`: ``1 / T`` and the KD
+    weights ``[nT, 1]`` or ``[nT, N]``), labels ``y`` (``[N]`` or ``None``), then ``k``
+    student views and ``k`` teacher views (``[B, C]`` each, concatenated along the batch: ``N = k B``). Teacher views
     are constants. Outputs ``(kd, ce, pseudo)``, ``None`` for a disabled term. With
     ``x = s / T``, ``u = t / T``, ``p = softmax(u)``, ``q = softmax(x)``, ``lse = logsumexp``:
 
@@ -135,8 +171,8 @@ class _FusedKL(torch.autograd.Function):
       gradient is dense in ``q^T`` (coefficient ``-w_T D (q_a - q_y) / T^2``) plus entries at
       ``a`` and ``y``; with the pseudo-teacher detached only the entries from ``D`` remain.
 
-    Exponentials: with ``m = max_c s_c``, ``e^T = exp((s - m) / T)`` fills an ``[rows, nT, C]``
-    block; ``Z = sum_c e``, ``lse = m / T + log Z``, ``q = e / Z`` and, because ``e`` is exactly
+    Exponentials: with ``m = max_c s_c``, ``e^T = exp((s - m) / T)`` fills an ``[nT, rows, C]``
+    block (rows in blocks of about ``_BLOCK_BYTES``); ``Z = sum_c e``, ``lse = m / T + log Z``, ``q = e / Z`` and, because ``e`` is exactly
     1 at the arg-max, ``q_a = 1 / Z``. Each gradient above is ``sum_T coef[n, T] e^T[n, :]``
     plus a few entries, i.e. one batched matrix product per block, so all are formed in the
     forward (one ``[N, C]`` slice per output); the backward combines them with the incoming
@@ -144,26 +180,24 @@ class _FusedKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, opts: _Extras, inv: Tensor, weight: Tensor, y: Optional[Tensor], *views: Tensor):  # type: ignore[override]
+    def forward(ctx, opts: _Extras, coefs: _Coefs, y: Optional[Tensor], *views: Tensor):  # type: ignore[override]
         ctx.set_materialize_grads(False)
         k = len(views) // 2
-        s = _compute(views[0] if k == 1 else torch.cat(views[:k]))
-        t = _compute(views[k] if k == 1 else torch.cat(views[k:]))
+        if k == 1:
+            s, t = _compute(views[0]), _compute(views[1])
+        else:  # one copy for all views
+            st = _compute(torch.cat(views))
+            s, t = st[: st.shape[0] // 2], st[st.shape[0] // 2 :]
         n_rows, n_cls = s.shape
+        inv, weight, wi, static = coefs
         n_t = inv.shape[0]
-        inv = inv.unsqueeze(1)  # [nT, 1]
-        wi = weight * inv  # w_T / T, [nT, 1 or N]
         yy = None if y is None else y.unsqueeze(1)
         active = [0] + ([1] if opts.ce_index >= 0 else []) + ([2] if opts.pseudo else [])
-        grads = s.new_empty(n_rows, len(active), n_cls) if any(ctx.needs_input_grad[4 : 4 + k]) else None
-        ce_col = None
-        if grads is not None and opts.ce_index >= 0:
-            ce_col = _const(tuple(opts.ce_weight * (i == opts.ce_index) for i in range(n_t)), s.dtype, s.device)
-            ce_col = ce_col.unsqueeze(1)
+        grads = s.new_empty(n_rows, len(active), n_cls) if any(ctx.needs_input_grad[3 : 3 + k]) else None
         rows = max(1, min(n_rows, _BLOCK_BYTES // max(1, n_t * n_cls * s.element_size())))
         buf = s.new_empty(n_t, rows, n_cls)
         if rows == n_rows:
-            acc = _fused_block(opts, inv, weight, wi, s, t, yy, buf, grads, ce_col)
+            acc = _fused_block(opts, inv, weight, wi, s, t, yy, buf, grads, static)
         else:
             acc = [None, None, None]
             for i in range(0, n_rows, rows):
@@ -174,7 +208,7 @@ class _FusedKL(torch.autograd.Function):
 
                 values = _fused_block(
                     opts, inv, part(weight, 1), part(wi, 1), part(s), part(t), part(yy), buf[:, : j - i],
-                    part(grads), ce_col,
+                    part(grads), part(static, 2),
                 )
                 acc = [v if a is None else a + v for a, v in zip(acc, values)]
             if n_rows == 0:
@@ -190,7 +224,7 @@ class _FusedKL(torch.autograd.Function):
     def backward(ctx, *g_out: Optional[Tensor]):  # type: ignore[override]
         n_views = len(ctx.split)
         if not ctx.saved_tensors or all(g is None for g in g_out):
-            return (None,) * (4 + 2 * n_views)
+            return (None,) * (3 + 2 * n_views)
         (grads,) = ctx.saved_tensors  # [N, n_active, C]
         grad = None
         for i, o in enumerate(ctx.active):
@@ -198,7 +232,7 @@ class _FusedKL(torch.autograd.Function):
                 grad = grads[:, i] * g_out[o] if grad is None else grad.addcmul_(grads[:, i], g_out[o])
         out = grad.split(ctx.split) if n_views > 1 else (grad,)
         out = tuple(g if g.dtype == dt else g.to(dt) for g, dt in zip(out, ctx.dtypes))
-        return (None, None, None, None, *out, *([None] * n_views))
+        return (None, None, None, *out, *([None] * n_views))
 
 
 def _exp_block(x: Tensor, inv: Tensor, out: Tensor) -> Tensor:
@@ -208,65 +242,65 @@ def _exp_block(x: Tensor, inv: Tensor, out: Tensor) -> Tensor:
 
 def _fused_block(
     opts: _Extras, inv: Tensor, w: Tensor, wi: Tensor, s: Tensor, t: Tensor, yy: Optional[Tensor],
-    buf: Tensor, grads: Optional[Tensor], ce_col: Optional[Tensor],
+    buf: Tensor, grads: Optional[Tensor], static: Optional[Tensor],
 ) -> list[Optional[Tensor]]:
     """One block of rows of :class:`_FusedKL`: returns its ``[kd, ce, pseudo]`` partial values
     and writes the outputs' gradients w.r.t. ``s`` into ``grads`` (``[rows, n_active, C]``).
     ``buf`` is ``[nT, rows, C]``, ``inv`` ``[nT, 1]``, ``w`` and ``wi = w / T`` are
-    ``[nT, 1 or rows]``; per-row quantities below are ``[nT, rows]``."""
-    # teacher: swap (arg-max value to the label and back), then the weighted mean probability P
+    ``[nT, 1 or rows]``, ``static`` holds the constant coefficient rows (``[n, nT, 1 or rows]``);
+    per-row quantities below are ``[nT, rows]``."""
+    # teacher, shifted by its max: d_t = t - max(t), then swapped in place (the arg-max's 0
+    # goes to the label, the label's value to the arg-max), as processor "swap" would
     if opts.teacher_swap:
         m_t, a_t = t.max(1, keepdim=True)  # first maximal index, like argmax
-        t_y = t.gather(1, yy)
-        t = t.scatter(1, yy, m_t).scatter_(1, a_t, t_y)
+        d_t = t - m_t
+        d_y = d_t.gather(1, yy)
+        d_t.scatter_(1, yy, 0.0).scatter_(1, a_t, d_y)
     else:
-        m_t = t.amax(1, keepdim=True)
-    e = _exp_block(t - m_t, inv, buf)  # [nT, rows, C]
+        d_t = t - t.amax(1, keepdim=True)
+    e = _exp_block(d_t, inv, buf)  # [nT, rows, C]
     z_t = e.sum(-1)
-    p_bar = torch.bmm((wi / z_t).t().contiguous().unsqueeze(1), e.transpose(0, 1)).squeeze(1)  # sum_T w_T/T p^T
-    # student (the buffer is reused: the teacher's exponentials are no longer needed)
+    # P = sum_T w_T/T p^T: weight the teacher's exponentials in place and sum over T
+    p_bar = e.mul_((wi / z_t).unsqueeze(2)).sum(0)
+    # student (the buffer is reused)
     if opts.pseudo:
         m_s, a_s = s.max(1, keepdim=True)
+        d_s = s - m_s
     else:
-        m_s = s.amax(1, keepdim=True)
-    e = _exp_block(s - m_s, inv, buf)
+        d_s = s - s.amax(1, keepdim=True)
+    e = _exp_block(d_s, inv, buf)
     z_s = e.sum(-1)
-    lse_gap = torch.log(z_s / z_t).addcmul_(inv, (m_s - m_t).t())  # lse(x) - lse(u)
-    kd = torch.dot(p_bar.flatten(), (t - s).flatten()) + (w * lse_gap).sum()
+    # sum_c P_c = sum_T w_T / T, so the max shifts' part of lse(x) - lse(u) folds into the dot
+    kd = torch.dot(p_bar.flatten(), (d_t - d_s).flatten()) + (w * torch.log(z_s / z_t)).sum()
     ce = pseudo = None
     if opts.ce_index >= 0 or opts.pseudo:
-        gap_y = (m_s - s.gather(1, yy)).t()  # D = s_a - s_y >= 0 ([1, rows]), 0 where the arg-max is the label
+        d_y = d_s.gather(1, yy).t()  # s_y - s_a <= 0 ([1, rows]), 0 where the arg-max is the label
     if opts.ce_index >= 0:
-        ce = opts.ce_weight * (gap_y.sum() + z_s[opts.ce_index].log().sum())
+        ce = opts.ce_weight * (z_s[opts.ce_index].log().sum() - d_y.sum())
     if opts.pseudo:
         e_y = e.gather(2, yy.expand(e.shape[0], -1, 1)).squeeze(2)  # exp((s_y - s_a) / T)
         q_gap = (1.0 - e_y) / z_s  # q_a - q_y
         h = wi * q_gap
-        pseudo = (h * gap_y).sum()
+        pseudo = -(h * d_y).sum()
     if grads is not None:
         # dense parts: coefficients of e^T / Z, one [nT, rows] slice per active output
-        coef = [wi.expand_as(z_s)]
-        if ce_col is not None:
-            coef.append(ce_col.expand_as(z_s))
+        coef = static / z_s
         if opts.pseudo == 1:
-            coef.append(h * inv * -gap_y)
-        elif opts.pseudo == 2:
-            coef.append(z_s.new_zeros(()).expand_as(z_s))
-        coef = torch.stack(coef).div_(z_s).permute(2, 0, 1).contiguous()  # [rows, n_active, nT]
-        torch.bmm(coef, e.transpose(0, 1), out=grads)
+            coef = torch.cat((coef, (h * inv * d_y / z_s).unsqueeze(0)))
+        torch.bmm(coef.permute(2, 0, 1).contiguous(), e.transpose(0, 1), out=grads)
         grads[:, 0].sub_(p_bar)
         # sparse parts: entries at the label and at the arg-max
         o = 1
-        if ce_col is not None:
-            grads[:, o].scatter_add_(1, yy, ce_col[opts.ce_index].neg().expand_as(yy))
+        if opts.ce_index >= 0:
+            grads[:, o].scatter_add_(1, yy, static[o, opts.ce_index : opts.ce_index + 1].neg().expand_as(yy))
             o += 1
         if opts.pseudo:
             h_sum = h.sum(0, keepdim=True)
             at_a, at_y = h_sum, -h_sum
-            if opts.pseudo == 1:  # from q_a - q_y: (q_a (1_a - q) - q_y (1_y - q)) / T
+            if opts.pseudo == 1:  # from q_a - q_y: (q_a (1_a - q) - q_y (1_y - q)) / T, times D = -d_y
                 wi2 = wi * inv
-                at_a = at_a + gap_y * (wi2 / z_s).sum(0, keepdim=True)
-                at_y = at_y - gap_y * (wi2 * (e_y / z_s)).sum(0, keepdim=True)
+                at_a = at_a - d_y * (wi2 / z_s).sum(0, keepdim=True)
+                at_y = at_y + d_y * (wi2 * (e_y / z_s)).sum(0, keepdim=True)
             grads[:, o].scatter_add_(1, a_s, at_a.t()).scatter_add_(1, yy, at_y.t())
     return [kd, ce, pseudo]
 
@@ -282,8 +316,8 @@ def _fused_kl(
         temps: ``nT`` temperatures.
         weight: ``[nT, N]`` or ``[nT, 1]`` weights (no gradient).
     """
-    inv = _const(tuple(1.0 / T for T in temps), _compute(s).dtype, s.device)
-    return _FusedKL.apply(_Extras(), inv, weight.detach(), None, s, t.detach())[0]
+    inv = _const(tuple(1.0 / T for T in temps), _compute_dtype(s), s.device)
+    return _FusedKL.apply(_Extras(), _make_coefs(_Extras(), inv, weight.detach()), None, s, t.detach())[0]
 
 
 def _prepare_pair(student: Tensor, teacher: Tensor, sname: str = "student", tname: str = "teacher") -> None:
@@ -597,11 +631,9 @@ def sld(
         if teacher_processor == "sort":
             teachers = tuple(get_processor("sort")(x.detach(), y1) for x in (teacher_weak, teacher_strong))
         else:
-            teachers = (teacher_weak.detach(), teacher_strong.detach())
-        inv = _const(tuple(1.0 / T for T in k_temps), dt, dev)
-        loss_kd, loss_ce, loss_pseudo = _FusedKL.apply(
-            opts, inv, _const(w_kd, dt, dev, column=True), y2, student_weak, student_strong, *teachers
-        )
+            teachers = (teacher_weak, teacher_strong)  # constants for _FusedKL
+        coefs = _const_coefs(opts, tuple(1.0 / T for T in k_temps), w_kd, dt, dev)
+        loss_kd, loss_ce, loss_pseudo = _FusedKL.apply(opts, coefs, y2, student_weak, student_strong, *teachers)
         if pseudo_on and not fused_pseudo:
             s = torch.cat([_compute(student_weak), _compute(student_strong)])
             loss_pseudo = _pseudo_term(s, y2, temps, kd_weight / B, student_processor, detach_pseudo_teacher)
