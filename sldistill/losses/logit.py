@@ -13,11 +13,13 @@ same for ``dkd``, exactly as released.
 
 Implementation notes (same values as the released code, fewer passes):
 
-* Several temperatures are handled in one stacked pass over ``[nT, B, C]``: one fused
-  softmax for the student and one for the teacher. With ``x = s / T``, ``u = t / T`` the KL
-  is ``sum_c p_c (u_c - x_c) - logsumexp(u) + logsumexp(x)``, where ``logsumexp = max + log Z``
-  and ``1 / Z`` is the softmax at the arg-max (no second exponential pass). Its gradient,
-  ``sum_T w_T / T (q^T - p^T)``, is formed in the same forward (a custom autograd function).
+* Several temperatures are handled in one stacked pass over ``[nT, B, C]``: one exponential
+  pass ``exp((z - max z) / T)`` for the student and one for the teacher (in row blocks of a
+  few MB for large inputs). With ``x = s / T``, ``u = t / T`` the KL is
+  ``sum_c p_c (u_c - x_c) - logsumexp(u) + logsumexp(x)``, ``logsumexp = max / T + log Z``.
+  Its gradient, ``sum_T w_T / T (q^T - p^T)``, is formed in the same forward by one batched
+  matrix product (a custom autograd function). For SLD the cross-entropy (the ``T = 1``
+  slot) and the swap pseudo-teacher term reuse the student's exponentials in that function.
 * Swap and sort permute each row and therefore commute with softmax.
 * The SLD pseudo-teacher term ``KL(swap(q) || q)`` only involves the two exchanged entries
   ``a = argmax(s)`` and ``y``: it equals ``(q_a - q_y) (log q_a - log q_y)
