@@ -111,3 +111,19 @@ def write_fashion_mnist(root: str | Path, n_train: int = 200, n_test: int = 100,
             else:
                 (root / name).write_bytes(payload)
     return root
+
+
+def write_published_teacher(teacher_root: str | Path, name: str, num_classes: int = 100, seed: int = 0) -> Path:
+    """A freshly initialised zoo model saved as a published teacher checkpoint
+    (``{"model": state_dict}``) at ``teacher_root/cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth``;
+    returns the file's path."""
+    import torch
+
+    from sldistill import models
+
+    torch.manual_seed(seed)
+    model = models.create(name, num_classes=num_classes, dataset="cifar100")
+    path = Path(teacher_root) / "cifar_teachers" / f"{name}_vanilla" / "ckpt_epoch_240.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict()}, path)
+    return path

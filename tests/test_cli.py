@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from datagen import write_cifar100
+from conftest import SHARED
+from datagen import write_cifar100, write_published_teacher
 from sldistill.cli import build_parser, main
 from sldistill.distillers import available_distillers
 from sldistill.engine.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_CFG = REPO.parent / "shared" / "seed_configs" / "sld" / "cifar100" / "sld" / "res32x4_res8x4.yaml"
+SEED_CFG = (SHARED or REPO.parent / "shared") / "seed_configs" / "sld" / "cifar100" / "sld" / "res32x4_res8x4.yaml"
 
 
 
@@ -34,12 +35,7 @@ def env(tmp_path_factory):
     data = write_cifar100(root / "data", n_train=16, n_test=8)
     from sldistill import models
 
-    torch.manual_seed(0)
-    teacher = models.create("resnet8", num_classes=100, dataset="cifar100")
-    ckpt_dir = root / "teachers" / "cifar_teachers" / "resnet8_vanilla"
-    ckpt_dir.mkdir(parents=True)
-    ckpt = ckpt_dir / "ckpt_epoch_240.pth"
-    torch.save({"model": teacher.state_dict()}, ckpt)
+    ckpt = write_published_teacher(root / "teachers", "resnet8")
     return {"root": root, "data": data, "teacher": ckpt}
 
 

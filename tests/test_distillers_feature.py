@@ -304,17 +304,11 @@ PUBLISHED = ["at", "crd", "fitnet", "kdsvd", "nst", "ofd", "pkt", "reviewkd", "r
 
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory):
-    from datagen import write_cifar100
-
-    from sldistill import models
+    from datagen import write_cifar100, write_published_teacher
 
     root = tmp_path_factory.mktemp("feat_cli")
     write_cifar100(root / "data", n_train=16, n_test=8)
-    folder = root / "teachers" / "cifar_teachers" / "resnet32x4_vanilla"
-    folder.mkdir(parents=True)
-    torch.manual_seed(0)
-    teacher = models.create("resnet32x4", num_classes=100, dataset="cifar100")
-    torch.save({"model": teacher.state_dict()}, folder / "ckpt_epoch_240.pth")
+    write_published_teacher(root / "teachers", "resnet32x4")
     return root
 
 

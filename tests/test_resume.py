@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED
 from sldistill.engine.checkpoint import (
     atomic_save,
     capture_rng_state,
@@ -133,21 +134,16 @@ def test_rng_state_roundtrip():
 # end to end: real data files, the CLI and the run assembly (sldistill.engine.run.train)
 # ---------------------------------------------------------------------------------------------
 
-SEED_CFG = Path(__file__).resolve().parents[2] / "shared" / "seed_configs" / "sld" / "cifar100" / "sld" / "res32x4_res8x4.yaml"
+SEED_CFG = (SHARED or Path(__file__).resolve().parents[2] / "shared") / "seed_configs" / "sld" / "cifar100" / "sld" / "res32x4_res8x4.yaml"
 
 
 @pytest.fixture(scope="module")
 def cifar_env(tmp_path_factory):
-    from datagen import write_cifar100
-    from sldistill import models
+    from datagen import write_cifar100, write_published_teacher
 
     root = tmp_path_factory.mktemp("resume_e2e")
     data = write_cifar100(root / "data", n_train=32, n_test=8)
-    torch.manual_seed(0)
-    teacher = models.create("resnet8", num_classes=100, dataset="cifar100")
-    ckpt = root / "teachers" / "cifar_teachers" / "resnet8_vanilla" / "ckpt_epoch_240.pth"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"model": teacher.state_dict()}, ckpt)  # the published format
+    ckpt = write_published_teacher(root / "teachers", "resnet8")
     return {"data": data, "teacher": ckpt}
 
 
