@@ -33,8 +33,6 @@ def _one_thread():
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     data = write_cifar100(root / "data", n_train=16, n_test=8)
-    from sldistill import models
-
     ckpt = write_published_teacher(root / "teachers", "resnet8")
     return {"root": root, "data": data, "teacher": ckpt}
 
