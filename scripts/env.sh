@@ -14,8 +14,12 @@ STAMP="$VENV/.sldistill-installed"
 WANT="$(cat "$ROOT/constraints.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "[env] installing sldistill with pinned torch/torchvision (constraints.txt)"
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]"
+    LOG="$VENV/pip-install.log"
+    if ! "$VENV/bin/python" -m pip install -c "$ROOT/constraints.txt" -e "$ROOT[test]" >"$LOG" 2>&1; then
+        tail -n 40 "$LOG" >&2
+        echo "[env] pip install failed; full log: $LOG" >&2
+        exit 1
+    fi
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
