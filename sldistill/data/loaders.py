@@ -28,7 +28,7 @@ import math
 import random
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,8 @@ from .augment import (
     ToArray,
     normalize_batch,
 )
+from sldistill._cfg import cfg_get
+
 from .datasets import (
     DATASET_TYPES,
     SPECS,
@@ -84,17 +86,6 @@ __all__ = [
 TWO_VIEW_TRAINERS = ("ours",)
 CRD_TRAINERS = ("crd", "crd_dot")
 _KNOWN_TRAINERS = ("base", "ours", "crd", "dot", "aug", "crd_dot")
-
-
-def _get(node: Any, dotted: str, default: Any = None) -> Any:
-    """``cfg.A.B`` with a default when any level is missing (optional keys)."""
-    cur = node
-    for part in dotted.split("."):
-        if isinstance(cur, Mapping) and part in cur:
-            cur = cur[part]
-        else:
-            return default
-    return cur
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,30 +383,30 @@ def build_datasets(cfg: Any, *, rank: int = 0, seed: int | None = None) -> Datas
     ``rank`` keys the strong policy's per-batch seed (the per-item draws need no rank: a
     sample is on one process per epoch).
     """
-    kind = str(_get(cfg, "DATASET.TYPE", "cifar100"))
+    kind = str(cfg_get(cfg, "DATASET.TYPE", "cifar100"))
     if kind not in DATASET_TYPES:
         raise ValueError(f"unknown DATASET.TYPE {kind!r}; valid: {list(DATASET_TYPES)}")
-    trainer = str(_get(cfg, "SOLVER.TRAINER", "base"))
+    trainer = str(cfg_get(cfg, "SOLVER.TRAINER", "base"))
     if trainer not in _KNOWN_TRAINERS:
         raise ValueError(f"unknown SOLVER.TRAINER {trainer!r}; valid: {list(_KNOWN_TRAINERS)}")
-    seed = int(_get(cfg, "EXPERIMENT.SEED", 0) if seed is None else seed)
-    root = resolve_root(_get(cfg, "DATASET.ROOT", ""))
-    train_view, test_view = view_transforms(kind, _get(cfg, "DATASET.IMAGE_SIZE", None) or None)
+    seed = int(cfg_get(cfg, "EXPERIMENT.SEED", 0) if seed is None else seed)
+    root = resolve_root(cfg_get(cfg, "DATASET.ROOT", ""))
+    train_view, test_view = view_transforms(kind, cfg_get(cfg, "DATASET.IMAGE_SIZE", None) or None)
     two_view = trainer in TWO_VIEW_TRAINERS
     views = [train_view, train_view] if two_view else [train_view]
-    train, val, classes = _read(kind, root, bool(_get(cfg, "DATASET.DOWNLOAD", True)), rank, views, test_view, seed)
-    subset = int(_get(cfg, "DATASET.TRAIN_SUBSET", 0) or 0)
+    train, val, classes = _read(kind, root, bool(cfg_get(cfg, "DATASET.DOWNLOAD", True)), rank, views, test_view, seed)
+    subset = int(cfg_get(cfg, "DATASET.TRAIN_SUBSET", 0) or 0)
     if subset < 0:
         raise ValueError(f"DATASET.TRAIN_SUBSET must be >= 0, got {subset}")
     if 0 < subset < len(train):
-        subset_seed = int(_get(cfg, "DATASET.SUBSET_SEED", -1))
+        subset_seed = int(cfg_get(cfg, "DATASET.SUBSET_SEED", -1))
         subset_seed = seed if subset_seed < 0 else subset_seed
         train = train.subset(balanced_subset(train.targets, subset, len(classes), subset_seed))
     train_ds: torch.utils.data.Dataset = train
     if trainer in CRD_TRAINERS:
-        k = int(_get(cfg, "CRD.NCE.K", 16384))
+        k = int(cfg_get(cfg, "CRD.NCE.K", 16384))
         replace = None if kind in ("cifar100", "fashion_mnist", "folder") else True
-        train_ds = ContrastiveDataset(train, k, str(_get(cfg, "CRD.MODE", "exact")), replace)
+        train_ds = ContrastiveDataset(train, k, str(cfg_get(cfg, "CRD.MODE", "exact")), replace)
     spec = SPECS[kind]
     return Datasets(
         train=train_ds, val=val, num_classes=len(classes), classes=classes,
@@ -455,24 +446,24 @@ def build_loaders(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str |
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    seed = int(_get(cfg, "EXPERIMENT.SEED", 0) if seed is None else seed)
-    global_batch = int(_get(cfg, "SOLVER.BATCH_SIZE", 64))
+    seed = int(cfg_get(cfg, "EXPERIMENT.SEED", 0) if seed is None else seed)
+    global_batch = int(cfg_get(cfg, "SOLVER.BATCH_SIZE", 64))
     if global_batch < 1 or global_batch % world_size:
         raise ValueError(f"SOLVER.BATCH_SIZE={global_batch} (the global batch) must be a positive multiple "
                          f"of the number of processes ({world_size})")
     batch = global_batch // world_size
-    val_batch = int(_get(cfg, "DATASET.TEST.BATCH_SIZE", 64))
+    val_batch = int(cfg_get(cfg, "DATASET.TEST.BATCH_SIZE", 64))
     if val_batch < 1:
         raise ValueError(f"DATASET.TEST.BATCH_SIZE must be >= 1, got {val_batch}")
-    workers = int(_get(cfg, "DATASET.NUM_WORKERS", 2))
+    workers = int(cfg_get(cfg, "DATASET.NUM_WORKERS", 2))
     if workers < 0:
         raise ValueError(f"DATASET.NUM_WORKERS must be >= 0, got {workers}")
     ds = build_datasets(cfg, rank=rank, seed=seed)
-    pin = bool(_get(cfg, "DATASET.PIN_MEMORY", True)) and torch.device(device).type == "cuda"
+    pin = bool(cfg_get(cfg, "DATASET.PIN_MEMORY", True)) and torch.device(device).type == "cuda"
 
     sampler = EpochSampler(len(ds.train), seed=seed, rank=rank, world_size=world_size)
     per_proc = len(sampler)
-    drop_last = bool(_get(cfg, "DATASET.DROP_LAST", False))
+    drop_last = bool(cfg_get(cfg, "DATASET.DROP_LAST", False))
     if not drop_last and per_proc % batch == 1 and per_proc > 1:
         drop_last = True  # a one-image batch cannot train batch norm
         warnings.warn(f"dropping the last training batch: {per_proc} images per process leave one "

@@ -41,24 +41,9 @@ from torch import Tensor, nn
 from sldistill import losses
 from sldistill.distillers.base import Distiller, LossTerms, register
 from sldistill.logits import PROCESSORS
+from sldistill._cfg import cfg_get
 
 __all__ = ["Vanilla", "KD", "DKD", "MLKD", "SLD", "resolve_logit_processor"]
-
-_MISSING = object()
-
-
-def _get(cfg: Any, path: str, default: Any) -> Any:
-    """``cfg.A.B.C`` for ``path="A.B.C"``, or ``default`` when a level is missing."""
-    node = cfg
-    for key in path.split("."):
-        if isinstance(node, dict):
-            node = node.get(key, _MISSING)
-        else:
-            node = getattr(node, key, _MISSING)
-        if node is _MISSING:
-            return default
-    return node
-
 
 def _valid_processor(name: Any, key: str) -> str:
     if not isinstance(name, str) or name.lower() not in PROCESSORS:
@@ -69,8 +54,8 @@ def _valid_processor(name: Any, key: str) -> str:
 def resolve_logit_processor(cfg: Any) -> str:
     """The logit processor for KD/DKD/MLKD from ``DISTILLER.LOGIT_PROCESSOR`` and
     ``EXPERIMENT.LOGIT_STAND`` (see the module docstring for the rule)."""
-    name = _valid_processor(_get(cfg, "DISTILLER.LOGIT_PROCESSOR", "none"), "DISTILLER.LOGIT_PROCESSOR")
-    if bool(_get(cfg, "EXPERIMENT.LOGIT_STAND", False)):
+    name = _valid_processor(cfg_get(cfg, "DISTILLER.LOGIT_PROCESSOR", "none"), "DISTILLER.LOGIT_PROCESSOR")
+    if bool(cfg_get(cfg, "EXPERIMENT.LOGIT_STAND", False)):
         if name not in ("none", "zscore"):
             raise ValueError(
                 f"EXPERIMENT.LOGIT_STAND: True means DISTILLER.LOGIT_PROCESSOR 'zscore', but "
@@ -107,9 +92,9 @@ class KD(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
         super().__init__(student, teacher, cfg)
-        self.temperature = float(_get(cfg, "KD.TEMPERATURE", 4.0))
-        self.ce_weight = float(_get(cfg, "KD.LOSS.CE_WEIGHT", 0.1))
-        self.kd_weight = float(_get(cfg, "KD.LOSS.KD_WEIGHT", 0.9))
+        self.temperature = float(cfg_get(cfg, "KD.TEMPERATURE", 4.0))
+        self.ce_weight = float(cfg_get(cfg, "KD.LOSS.CE_WEIGHT", 0.1))
+        self.kd_weight = float(cfg_get(cfg, "KD.LOSS.KD_WEIGHT", 0.9))
         self.processor = resolve_logit_processor(cfg)
 
     def forward_train(self, views: Sequence[Tensor], target: Tensor, epoch: int, **extras: Any) -> tuple[Tensor, LossTerms]:
@@ -132,11 +117,11 @@ class DKD(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
         super().__init__(student, teacher, cfg)
-        self.ce_weight = float(_get(cfg, "DKD.CE_WEIGHT", 1.0))
-        self.alpha = float(_get(cfg, "DKD.ALPHA", 1.0))
-        self.beta = float(_get(cfg, "DKD.BETA", 8.0))
-        self.temperature = float(_get(cfg, "DKD.T", 4.0))
-        self.warmup = float(_get(cfg, "DKD.WARMUP", 20))
+        self.ce_weight = float(cfg_get(cfg, "DKD.CE_WEIGHT", 1.0))
+        self.alpha = float(cfg_get(cfg, "DKD.ALPHA", 1.0))
+        self.beta = float(cfg_get(cfg, "DKD.BETA", 8.0))
+        self.temperature = float(cfg_get(cfg, "DKD.T", 4.0))
+        self.warmup = float(cfg_get(cfg, "DKD.WARMUP", 20))
         self.processor = resolve_logit_processor(cfg)
 
     def forward_train(self, views: Sequence[Tensor], target: Tensor, epoch: int, **extras: Any) -> tuple[Tensor, LossTerms]:
@@ -165,12 +150,12 @@ class MLKD(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
         super().__init__(student, teacher, cfg)
-        self.temperature = float(_get(cfg, "KD.TEMPERATURE", 4.0))
-        self.ce_weight = float(_get(cfg, "KD.LOSS.CE_WEIGHT", 0.1))
-        self.kd_weight = float(_get(cfg, "KD.LOSS.KD_WEIGHT", 0.9))
-        self.clean = bool(_get(cfg, "MLKD.CLEAN", False))
+        self.temperature = float(cfg_get(cfg, "KD.TEMPERATURE", 4.0))
+        self.ce_weight = float(cfg_get(cfg, "KD.LOSS.CE_WEIGHT", 0.1))
+        self.kd_weight = float(cfg_get(cfg, "KD.LOSS.KD_WEIGHT", 0.9))
+        self.clean = bool(cfg_get(cfg, "MLKD.CLEAN", False))
         self.processor = resolve_logit_processor(cfg)
-        self.fuse = bool(_get(cfg, "SOLVER.FUSE_STUDENT_VIEWS", False))
+        self.fuse = bool(cfg_get(cfg, "SOLVER.FUSE_STUDENT_VIEWS", False))
 
     def forward_train(self, views: Sequence[Tensor], target: Tensor, epoch: int, **extras: Any) -> tuple[Tensor, LossTerms]:
         """Return the weak view's student logits and ``{"loss_ce", "loss_kd", "loss_cc", "loss_bc"}``."""
@@ -193,30 +178,30 @@ class SLD(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
         super().__init__(student, teacher, cfg)
-        self.ce_weight = float(_get(cfg, "KD.LOSS.CE_WEIGHT", 0.1))
-        self.kd_weight = float(_get(cfg, "KD.LOSS.KD_WEIGHT", 0.9))
-        temps = _get(cfg, "SLD.TEMPERATURES", [1, 2, 3, 4, 5, 6])
+        self.ce_weight = float(cfg_get(cfg, "KD.LOSS.CE_WEIGHT", 0.1))
+        self.kd_weight = float(cfg_get(cfg, "KD.LOSS.KD_WEIGHT", 0.9))
+        temps = cfg_get(cfg, "SLD.TEMPERATURES", [1, 2, 3, 4, 5, 6])
         if isinstance(temps, (int, float)):
             temps = [temps]
         self.temperatures = tuple(float(t) for t in temps)
         if not self.temperatures or any(t <= 0 for t in self.temperatures):
             raise ValueError(f"SLD.TEMPERATURES must be a non-empty list of positive numbers; got {temps!r}")
-        fraction = float(_get(cfg, "SLD.GAMMA_FRACTION", 0.0))
+        fraction = float(cfg_get(cfg, "SLD.GAMMA_FRACTION", 0.0))
         if fraction > 0:
-            self.gamma = float(round(fraction * float(_get(cfg, "SOLVER.EPOCHS", 240))))
+            self.gamma = float(round(fraction * float(cfg_get(cfg, "SOLVER.EPOCHS", 240))))
         else:
-            self.gamma = float(_get(cfg, "SLD.GAMMA", 150))
-        self.detach_pseudo_teacher = bool(_get(cfg, "SLD.DETACH_PSEUDO_TEACHER", False))
-        self.teacher_processor = _valid_processor(_get(cfg, "SLD.TEACHER_PROCESSOR", "swap"), "SLD.TEACHER_PROCESSOR")
-        self.student_processor = _valid_processor(_get(cfg, "SLD.STUDENT_PROCESSOR", "swap"), "SLD.STUDENT_PROCESSOR")
-        shared = _get(cfg, "DISTILLER.LOGIT_PROCESSOR", "none")
-        if shared != "none" or bool(_get(cfg, "EXPERIMENT.LOGIT_STAND", False)):
+            self.gamma = float(cfg_get(cfg, "SLD.GAMMA", 150))
+        self.detach_pseudo_teacher = bool(cfg_get(cfg, "SLD.DETACH_PSEUDO_TEACHER", False))
+        self.teacher_processor = _valid_processor(cfg_get(cfg, "SLD.TEACHER_PROCESSOR", "swap"), "SLD.TEACHER_PROCESSOR")
+        self.student_processor = _valid_processor(cfg_get(cfg, "SLD.STUDENT_PROCESSOR", "swap"), "SLD.STUDENT_PROCESSOR")
+        shared = cfg_get(cfg, "DISTILLER.LOGIT_PROCESSOR", "none")
+        if shared != "none" or bool(cfg_get(cfg, "EXPERIMENT.LOGIT_STAND", False)):
             raise ValueError(
                 "SLD takes its logit processing from SLD.TEACHER_PROCESSOR and SLD.STUDENT_PROCESSOR; "
                 f"DISTILLER.LOGIT_PROCESSOR must be 'none' (got {shared!r}) and EXPERIMENT.LOGIT_STAND False "
-                f"(got {_get(cfg, 'EXPERIMENT.LOGIT_STAND', False)!r})"
+                f"(got {cfg_get(cfg, 'EXPERIMENT.LOGIT_STAND', False)!r})"
             )
-        self.fuse = bool(_get(cfg, "SOLVER.FUSE_STUDENT_VIEWS", False))
+        self.fuse = bool(cfg_get(cfg, "SOLVER.FUSE_STUDENT_VIEWS", False))
 
     def forward_train(self, views: Sequence[Tensor], target: Tensor, epoch: int, **extras: Any) -> tuple[Tensor, LossTerms]:
         """Return the weak view's student logits and ``{"loss_ce", "loss_kd", "loss_pseudo"}``."""

@@ -22,6 +22,7 @@ from torch import nn
 from .checkpoint import extract_state_dict, load_state_dict_checked, load_weights, read_checkpoint
 from .imagenet import TORCHVISION_WEIGHTS
 from .registry import create, family_of, resolve_name
+from sldistill._cfg import cfg_get
 
 __all__ = [
     "PublishedTeacher",
@@ -74,20 +75,10 @@ CIFAR_TEACHERS: dict[str, PublishedTeacher] = {
 }
 
 
-def _cfg_get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        try:
-            node = node[part]
-        except (KeyError, TypeError, IndexError):
-            return default
-    return node
-
-
 def teacher_root(cfg: Any = None) -> Path:
     """The teacher root: an explicit ``DISTILLER.TEACHER_ROOT`` (other than the default),
     else ``$SLDISTILL_TEACHER_ROOT``, else ``./download_ckpts``."""
-    configured = str(_cfg_get(cfg, "DISTILLER.TEACHER_ROOT", "") or "") if cfg is not None else ""
+    configured = str(cfg_get(cfg, "DISTILLER.TEACHER_ROOT", "") or "") if cfg is not None else ""
     env = os.environ.get(ENV_TEACHER_ROOT, "")
     if configured and configured != DEFAULT_TEACHER_ROOT:
         return Path(configured).expanduser()
@@ -177,11 +168,11 @@ def build_teacher(cfg: Any, num_classes: int, *, download: bool | None = None) -
         FileNotFoundError: the weight file is missing (the message says where it is expected).
         CheckpointError / WeightsMismatchError: the file is unreadable or does not fit.
     """
-    name = str(_cfg_get(cfg, "DISTILLER.TEACHER", ""))
-    dataset = str(_cfg_get(cfg, "DATASET.TYPE", "cifar100"))
-    ckpt = str(_cfg_get(cfg, "DISTILLER.TEACHER_CKPT", "") or "")
+    name = str(cfg_get(cfg, "DISTILLER.TEACHER", ""))
+    dataset = str(cfg_get(cfg, "DATASET.TYPE", "cifar100"))
+    ckpt = str(cfg_get(cfg, "DISTILLER.TEACHER_CKPT", "") or "")
     if download is None:
-        download = bool(_cfg_get(cfg, "DATASET.DOWNLOAD", True))
+        download = bool(cfg_get(cfg, "DATASET.DOWNLOAD", True))
     if not name:
         raise ValueError("DISTILLER.TEACHER is empty: name a teacher model")
     model = create(name, num_classes, dataset)
@@ -231,11 +222,11 @@ def _load_imagenet_pretrained(model: nn.Module, name: str, dataset: str, num_cla
 def build_student(cfg: Any, num_classes: int) -> nn.Module:
     """The student named by ``DISTILLER.STUDENT`` for ``DATASET.TYPE``, with the optional
     initial weights of ``DISTILLER.STUDENT_CKPT`` (loaded strictly), in train mode."""
-    name = str(_cfg_get(cfg, "DISTILLER.STUDENT", ""))
+    name = str(cfg_get(cfg, "DISTILLER.STUDENT", ""))
     if not name:
         raise ValueError("DISTILLER.STUDENT is empty: name a student model")
-    model = create(name, num_classes, str(_cfg_get(cfg, "DATASET.TYPE", "cifar100")))
-    ckpt = str(_cfg_get(cfg, "DISTILLER.STUDENT_CKPT", "") or "")
+    model = create(name, num_classes, str(cfg_get(cfg, "DATASET.TYPE", "cifar100")))
+    ckpt = str(cfg_get(cfg, "DISTILLER.STUDENT_CKPT", "") or "")
     if ckpt:
         load_weights(model, ckpt, strict=True)
     return model.train()
