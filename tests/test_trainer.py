@@ -234,3 +234,23 @@ def test_metric_logger_tensorboard_and_resume_rows(tmp_path):
     log.log_epoch(2, {"a": 5.0, "b": 6.0})
     rows = (tmp_path / "metrics.csv").read_text().strip().splitlines()
     assert rows == ["epoch,a,b", "1,1.0,", "2,5.0,6.0"]
+
+
+def test_epoch_evaluation_uses_eval_mode_and_matches_the_saved_weights(tmp_path):
+    """The logged test metrics of the last epoch are those of the saved student evaluated in
+    eval mode (running BN statistics, untouched by validation data)."""
+    from sldistill.engine.metrics import evaluate
+
+    cfg = make_cfg(tmp_path)
+    trainer, res = run_trainer(tmp_path, cfg)
+    ck = load_checkpoint(tmp_path / "run" / "latest.pth")
+    student = TinyNet()
+    student.load_state_dict(ck["model"])
+    student.eval()
+    val = DataLoader(RandomImages(20, train=False, seed=1), batch_size=8)
+    fresh = evaluate(lambda x: student(x)[0], val, torch.device("cpu"))
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().strip().splitlines()[-1])
+    assert last["test_acc"] == pytest.approx(fresh["top1"]) and last["test_loss"] == pytest.approx(fresh["loss"], rel=1e-5)
+    # evaluating did not move the running statistics: they are those saved after training
+    assert torch.equal(trainer.distiller.student.bn.running_mean, ck["model"]["bn.running_mean"])
+    assert trainer.distiller.training  # back in train mode after the evaluation

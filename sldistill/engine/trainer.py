@@ -466,15 +466,24 @@ class Trainer:
             raise NonFiniteLossError(epoch, it, name, value)
 
     def evaluate_model(self, fn: Callable[[Tensor], Tensor], desc: str) -> dict[str, float]:
-        """Top-1/top-5/loss of ``fn`` on the validation loader, gathered over processes."""
+        """Top-1/top-5/loss of ``fn`` on the validation loader, gathered over processes.
+
+        The distiller (student and connectors) is put in eval mode for the pass, so batch
+        norm uses its running statistics and does not update them on validation data, and is
+        returned to its previous mode afterwards."""
         prog = None
         if self.progress:
             from tqdm import tqdm
 
             def prog(it: Iterable) -> Iterable:
                 return tqdm(it, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
-        return evaluate(fn, self.val_loader, self.device, amp_dtype=self.amp_dtype,
-                        channels_last=self.channels_last, progress=prog)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return evaluate(fn, self.val_loader, self.device, amp_dtype=self.amp_dtype,
+                            channels_last=self.channels_last, progress=prog)
+        finally:
+            self.model.train(was_training)
 
     def evaluate_teacher(self) -> float | None:
         """Teacher top-1 on the validation set (``None`` when there is no teacher)."""
