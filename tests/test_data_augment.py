@@ -169,3 +169,15 @@ def test_resized_crops_and_normalize():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     y = normalize_batch(x, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
     assert torch.allclose(y[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
+
+
+def test_autocontrast_matches_pil_on_narrow_ranges():
+    # images whose channels span less than the full range: the scale is 255 / (hi - lo) as in
+    # PIL (computing it as 255 * (1 / (hi - lo)) moves the brightest level by one in many images)
+    rng = np.random.default_rng(7)
+    imgs = [(rng.integers(0, 256, (6, 7, 3)) * rng.random() + rng.integers(0, 60)).clip(0, 255).astype(np.uint8)
+            for _ in range(200)]
+    batch = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2)
+    out = apply_op("AutoContrast", batch, 0.0).permute(0, 2, 3, 1).numpy()
+    ref = np.stack([np.asarray(pil_op("AutoContrast", Image.fromarray(a), 0.0)) for a in imgs])
+    assert np.array_equal(out, ref), int((out != ref).any(axis=(1, 2, 3)).sum())

@@ -77,123 +77,139 @@ _GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
 
 
 # ---------------------------------------------------------------------------------------------
-# Tensor operations: imgs uint8 [N, 3, H, W], v float64 [N] (one magnitude per image)
+# Batched operations on numpy: imgs uint8 [N, 3, H, W] (C-contiguous), v float64 [N]
+# (numpy's per-call cost is a fraction of torch's, and these calls touch a few KB each).
+# The point-wise operations are written as per-(image, channel) lookup tables [N, 3, 256]
+# so that all images of one step that drew any of them are mapped by a single gather.
 # ---------------------------------------------------------------------------------------------
 
-def _blend(degenerate: torch.Tensor, imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+_LEVELS = np.arange(256, dtype=np.uint8)
+
+
+def _blend(degenerate: np.ndarray, imgs: np.ndarray, v: np.ndarray) -> np.ndarray:
     """PIL ``Image.blend`` for factors in [0, 1]: ``trunc(d + f * (x - d))`` in float32."""
-    f = v.to(torch.float32).view(-1, 1, 1, 1)
-    d = degenerate.to(torch.float32)
-    out = d + f * (imgs.to(torch.float32) - d)
-    return out.clamp_(0, 255).to(torch.uint8)  # float -> uint8 truncates towards zero
+    f = v.astype(np.float32).reshape((-1,) + (1,) * (imgs.ndim - 1))
+    d = degenerate.astype(np.float32)
+    out = d + f * (imgs.astype(np.float32) - d)
+    return np.clip(out, 0, 255, out=out).astype(np.uint8)  # float -> uint8 truncates towards zero
 
 
-def _grey(imgs: torch.Tensor) -> torch.Tensor:
+def _grey(imgs: np.ndarray) -> np.ndarray:
     """PIL's RGB -> L conversion (ITU-R 601-2 weights in 16-bit fixed point), shape [N, 1, H, W]."""
-    x = imgs.to(torch.int32)
-    return ((x[:, 0:1] * 19595 + x[:, 1:2] * 38470 + x[:, 2:3] * 7471 + 0x8000) >> 16).to(torch.uint8)
+    x = imgs.astype(np.int32)
+    return ((x[:, 0:1] * 19595 + x[:, 1:2] * 38470 + x[:, 2:3] * 7471 + 0x8000) >> 16).astype(np.uint8)
 
 
-def _autocontrast(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    flat = imgs.flatten(2)
-    lo = flat.amin(dim=2).to(torch.float64)
-    hi = flat.amax(dim=2).to(torch.float64)
+def _levels(n: int) -> np.ndarray:
+    return np.broadcast_to(_LEVELS, (n, 3, 256))
+
+
+def _lut_autocontrast(imgs: np.ndarray, v: np.ndarray) -> np.ndarray:
+    n = imgs.shape[0]
+    flat = imgs.reshape(n, 3, -1)
+    lo = flat.min(axis=2).astype(np.float64)
+    hi = flat.max(axis=2).astype(np.float64)
     span = hi - lo
     ok = span > 0
-    scale = torch.where(ok, 255.0 / span.clamp(min=1.0), torch.ones_like(span))
-    offset = torch.where(ok, -lo * scale, torch.zeros_like(lo))
-    out = torch.trunc(flat.to(torch.float64) * scale.unsqueeze(-1) + offset.unsqueeze(-1))
-    return out.clamp_(0, 255).to(torch.uint8).view_as(imgs)
+    scale = np.where(ok, 255.0 / np.maximum(span, 1.0), 1.0)
+    offset = np.where(ok, -lo * scale, 0.0)
+    out = np.trunc(_LEVELS.astype(np.float64) * scale[:, :, None] + offset[:, :, None])
+    return np.clip(out, 0, 255, out=out).astype(np.uint8)
 
 
-def _brightness(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return _blend(torch.zeros_like(imgs), imgs, v)
+def _lut_brightness(imgs: np.ndarray, v: np.ndarray) -> np.ndarray:
+    lv = _levels(imgs.shape[0])
+    return _blend(np.zeros(lv.shape, np.uint8), lv, v)
 
 
-def _color(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return _blend(_grey(imgs).expand_as(imgs), imgs, v)
+def _lut_contrast(imgs: np.ndarray, v: np.ndarray) -> np.ndarray:
+    n = imgs.shape[0]
+    mean = _grey(imgs).reshape(n, -1).astype(np.float64).mean(axis=1)
+    level = np.floor(mean + 0.5).astype(np.uint8).reshape(n, 1, 1)
+    return _blend(np.broadcast_to(level, (n, 3, 256)), _levels(n), v)
 
 
-def _contrast(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    mean = _grey(imgs).flatten(1).to(torch.float64).mean(dim=1)
-    level = torch.floor(mean + 0.5).to(torch.uint8).view(-1, 1, 1, 1)
-    return _blend(level.expand_as(imgs), imgs, v)
-
-
-def _equalize(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _lut_equalize(imgs: np.ndarray, v: np.ndarray) -> np.ndarray:
     n, c, h, w = imgs.shape
-    flat = imgs.reshape(n * c, h * w).to(torch.int64)
-    hist = torch.zeros(n * c, 256, dtype=torch.int64)
-    hist.scatter_add_(1, flat, torch.ones_like(flat))
+    rows = n * c
+    flat = imgs.reshape(rows, h * w).astype(np.intp) + (np.arange(rows, dtype=np.intp) * 256)[:, None]
+    hist = np.bincount(flat.ravel(), minlength=rows * 256).reshape(rows, 256).astype(np.int64)
     nonzero = hist > 0
-    count = nonzero.sum(dim=1)
+    count = nonzero.sum(axis=1)
     # value of the last non-empty bin (the histogram entry for the brightest level present)
-    last_level = 255 - torch.flip(nonzero, dims=[1]).to(torch.int64).argmax(dim=1)
-    last = hist.gather(1, last_level.unsqueeze(1)).squeeze(1)
+    last_level = 255 - np.argmax(nonzero[:, ::-1], axis=1)
+    last = hist[np.arange(rows), last_level]
     step = (h * w - last) // 255
     use = (count > 1) & (step > 0)
-    safe = torch.where(use, step, torch.ones_like(step)).unsqueeze(1)
-    before = torch.cumsum(hist, dim=1) - hist  # pixels strictly below each level
-    lut = ((safe // 2 + before) // safe).clamp_(max=255)
-    ident = torch.arange(256, dtype=torch.int64).expand(n * c, 256)
-    lut = torch.where(use.unsqueeze(1), lut, ident)
-    return lut.gather(1, flat).to(torch.uint8).view(n, c, h, w)
+    safe = np.where(use, step, 1)[:, None]
+    before = np.cumsum(hist, axis=1) - hist  # pixels strictly below each level
+    lut = np.minimum((safe // 2 + before) // safe, 255)
+    lut = np.where(use[:, None], lut, np.arange(256, dtype=np.int64))
+    return lut.astype(np.uint8).reshape(n, c, 256)
 
 
-def _identity(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return imgs
+def _lut_posterize(imgs: np.ndarray, v: np.ndarray) -> np.ndarray:
+    bits = np.clip(v.astype(np.int64), 1, 8)  # int(v), at least 1, as released
+    mask = (255 - ((1 << (8 - bits)) - 1)).astype(np.uint8).reshape(-1, 1, 1)
+    return _levels(len(v)) & mask
 
 
-def _posterize(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    bits = v.to(torch.int64).clamp(1, 8)  # int(v), at least 1, as released
-    mask = (255 - ((1 << (8 - bits)) - 1)).to(torch.uint8).view(-1, 1, 1, 1)
-    return imgs & mask
+def _lut_solarize(imgs: np.ndarray, v: np.ndarray) -> np.ndarray:
+    lv = _levels(len(v))
+    return np.where(lv.astype(np.float64) >= v.reshape(-1, 1, 1), 255 - lv, lv)
 
 
-def _sharpness(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _apply_lut(imgs: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``out[n, c, y, x] = lut[n, c, imgs[n, c, y, x]]`` for ``lut`` uint8 [N, 3, 256]."""
+    n, c, h, w = imgs.shape
+    offs = (np.arange(n * c, dtype=np.intp) * 256).reshape(n, c, 1)
+    return np.ascontiguousarray(lut).ravel().take(imgs.reshape(n, c, h * w) + offs).reshape(n, c, h, w)
+
+
+def _color(imgs: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return _blend(_grey(imgs), imgs, v)
+
+
+def _sharpness(imgs: np.ndarray, v: np.ndarray) -> np.ndarray:
     # degenerate = PIL's SMOOTH filter: 3x3 kernel [[1,1,1],[1,5,1],[1,1,1]] / 13, rounded to
     # nearest (integer sums never tie), one-pixel border left unfiltered.
-    x = imgs.to(torch.int32)
+    x = imgs.astype(np.int32)
     h, w = x.shape[2], x.shape[3]
     total = 4 * x[:, :, 1:-1, 1:-1]
     for dy in range(3):
         for dx in range(3):
-            total = total + x[:, :, dy:h - 2 + dy, dx:w - 2 + dx]
-    degenerate = imgs.clone()
-    degenerate[:, :, 1:-1, 1:-1] = ((2 * total + 13) // 26).to(torch.uint8)
+            total += x[:, :, dy:h - 2 + dy, dx:w - 2 + dx]
+    degenerate = imgs.copy()
+    degenerate[:, :, 1:-1, 1:-1] = (2 * total + 13) // 26
     return _blend(degenerate, imgs, v)
 
 
-def _solarize(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    thr = v.view(-1, 1, 1, 1)
-    return torch.where(imgs.to(torch.float64) >= thr, 255 - imgs, imgs)
-
-
-def _affine_coeffs(name: str, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def _affine_coeffs(name: str, v: np.ndarray, h: int, w: int) -> np.ndarray:
     """PIL affine data ``(a, b, c, d, e, f)`` (output pixel -> input position), shape [N, 6]."""
-    n = v.shape[0]
-    one = torch.ones(n, dtype=torch.float64)
-    zero = torch.zeros(n, dtype=torch.float64)
+    out = np.zeros((len(v), 6), dtype=np.float64)
+    out[:, 0] = out[:, 4] = 1.0
     if name == "ShearX":
-        return torch.stack([one, v, zero, zero, one, zero], 1)
-    if name == "ShearY":
-        return torch.stack([one, zero, zero, v, one, zero], 1)
-    if name == "TranslateX":
-        return torch.stack([one, zero, v * w, zero, one, zero], 1)
-    if name == "TranslateY":
-        return torch.stack([one, zero, zero, zero, one, v * h], 1)
-    if name == "Rotate":  # counter-clockwise by v degrees about the image centre (PIL Image.rotate)
-        phi = -torch.deg2rad(torch.remainder(v, 360.0))
-        a, b = torch.cos(phi), torch.sin(phi)
-        a, b = torch.round(a * 1e15) / 1e15, torch.round(b * 1e15) / 1e15
+        out[:, 1] = v
+    elif name == "ShearY":
+        out[:, 3] = v
+    elif name == "TranslateX":
+        out[:, 2] = v * w
+    elif name == "TranslateY":
+        out[:, 5] = v * h
+    elif name == "Rotate":  # counter-clockwise by v degrees about the image centre (PIL Image.rotate)
+        phi = -np.deg2rad(np.remainder(v, 360.0))
+        a, b = np.cos(phi), np.sin(phi)
+        a, b = np.round(a * 1e15) / 1e15, np.round(b * 1e15) / 1e15
         cx, cy = w / 2.0, h / 2.0
-        c = a * (-cx) + b * (-cy) + cx
-        f = -b * (-cx) + a * (-cy) + cy
-        return torch.stack([a, b, c, -b, a, f], 1)
-    raise ValueError(f"{name!r} is not a geometric operation; valid: {_GEOMETRIC}")
+        out[:, 0], out[:, 1], out[:, 3], out[:, 4] = a, b, -b, a
+        out[:, 2] = a * (-cx) + b * (-cy) + cx
+        out[:, 5] = -b * (-cx) + a * (-cy) + cy
+    else:
+        raise ValueError(f"{name!r} is not a geometric operation; valid: {_GEOMETRIC}")
+    return out
 
 
-def _warp(imgs: torch.Tensor, coeffs: torch.Tensor, fill: int = 0) -> torch.Tensor:
+def _warp(imgs: np.ndarray, coeffs: np.ndarray, fill: int = 0) -> np.ndarray:
     """Nearest-neighbour affine warp with PIL's sampling rule, outside filled with ``fill``.
 
     Output pixel ``(x, y)`` reads input ``floor(a (x + .5) + b (y + .5) + c)`` (likewise for
@@ -201,44 +217,65 @@ def _warp(imgs: torch.Tensor, coeffs: torch.Tensor, fill: int = 0) -> torch.Tens
     coefficient rounded to the nearest 1/65536.
     """
     n, c, h, w = imgs.shape
-
-    def fix(t: torch.Tensor) -> torch.Tensor:
-        return torch.floor(t * 65536.0 + 0.5).to(torch.int64).view(n, 1, 1)
-
     k = coeffs
-    a0, a1, a3, a4 = fix(k[:, 0]), fix(k[:, 1]), fix(k[:, 3]), fix(k[:, 4])
-    a2 = fix(k[:, 2] + k[:, 0] * 0.5 + k[:, 1] * 0.5)
-    a5 = fix(k[:, 5] + k[:, 3] * 0.5 + k[:, 4] * 0.5)
-    ys = torch.arange(h, dtype=torch.int64).view(1, h, 1)
-    xs = torch.arange(w, dtype=torch.int64).view(1, 1, w)
+    fixed = np.floor(np.stack([k[:, 0], k[:, 1], k[:, 2] + k[:, 0] * 0.5 + k[:, 1] * 0.5,
+                               k[:, 3], k[:, 4], k[:, 5] + k[:, 3] * 0.5 + k[:, 4] * 0.5], 1)
+                     * 65536.0 + 0.5).astype(np.int64).reshape(n, 6, 1, 1)
+    a0, a1, a2, a3, a4, a5 = (fixed[:, i] for i in range(6))
+    ys = np.arange(h, dtype=np.int64).reshape(1, h, 1)
+    xs = np.arange(w, dtype=np.int64).reshape(1, 1, w)
     xin = (a2 + a0 * xs + a1 * ys) >> 16
     yin = (a5 + a3 * xs + a4 * ys) >> 16
     valid = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-    src = (yin.clamp(0, h - 1) * w + xin.clamp(0, w - 1)).view(n, 1, h * w)
-    out = imgs.reshape(n, c, h * w).gather(2, src.expand(n, c, h * w)).view(n, c, h, w)
-    return out.masked_fill_(~valid.unsqueeze(1), fill)
+    src = np.clip(yin, 0, h - 1) * w + np.clip(xin, 0, w - 1) + (np.arange(n) * (c * h * w)).reshape(n, 1, 1)
+    src = src.reshape(n, 1, h * w) + (np.arange(c) * (h * w)).reshape(1, c, 1)
+    out = imgs.ravel().take(src).reshape(n, c, h, w)
+    out[~np.broadcast_to(valid[:, None], out.shape)] = fill
+    return out
 
 
-def _geometric(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    def op(imgs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _geometric(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def op(imgs: np.ndarray, v: np.ndarray) -> np.ndarray:
         return _warp(imgs, _affine_coeffs(name, v, imgs.shape[2], imgs.shape[3]))
 
     op.__name__ = f"_{name.lower()}"
     return op
 
 
-_TENSOR_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "AutoContrast": _autocontrast,
-    "Brightness": _brightness,
+_LUT_OPS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "AutoContrast": _lut_autocontrast,
+    "Brightness": _lut_brightness,
+    "Contrast": _lut_contrast,
+    "Equalize": _lut_equalize,
+    "Posterize": _lut_posterize,
+    "Solarize": _lut_solarize,
+}
+
+
+def _lut_op(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def op(imgs: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return _apply_lut(imgs, fn(imgs, v))
+
+    return op
+
+
+_OPS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    **{name: _lut_op(fn) for name, fn in _LUT_OPS.items()},
+    "Identity": lambda imgs, v: imgs.copy(),
     "Color": _color,
-    "Contrast": _contrast,
-    "Equalize": _equalize,
-    "Identity": _identity,
-    "Posterize": _posterize,
     "Sharpness": _sharpness,
-    "Solarize": _solarize,
     **{g: _geometric(g) for g in _GEOMETRIC},
 }
+# kinds of operation, for grouping one step's draws
+_IDENTITY, _LUT, _PIXEL, _GEO = 0, 1, 2, 3
+
+
+def _kind(name: str) -> int:
+    if name == "Identity":
+        return _IDENTITY
+    if name in _LUT_OPS:
+        return _LUT
+    return _GEO if name in _GEOMETRIC else _PIXEL
 
 
 def apply_op(name: str, imgs: torch.Tensor, magnitude: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -249,7 +286,7 @@ def apply_op(name: str, imgs: torch.Tensor, magnitude: float | Sequence[float] |
     all images or one value per image. The result equals PIL's on the same image, up to
     float rounding at exact sampling boundaries.
     """
-    if name not in _TENSOR_OPS:
+    if name not in _OPS:
         raise ValueError(f"unknown strong operation {name!r}; valid: {list(OP_NAMES)}")
     single = imgs.dim() == 3
     x = imgs.unsqueeze(0) if single else imgs
@@ -260,33 +297,40 @@ def apply_op(name: str, imgs: torch.Tensor, magnitude: float | Sequence[float] |
         v = v.expand(x.shape[0])
     elif v.numel() != x.shape[0]:
         raise ValueError(f"got {v.numel()} magnitudes for {x.shape[0]} images")
-    out = _TENSOR_OPS[name](x.contiguous(), v.contiguous())
+    out = torch.from_numpy(_OPS[name](x.contiguous().numpy(), v.contiguous().numpy()))
     return out[0] if single else out
 
 
 def cutout(imgs: torch.Tensor, side: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor,
            fill: Sequence[int] = CUTOUT_FILL) -> torch.Tensor:
-    """Paint the released Cutout square on each image of a ``uint8`` batch (in place; returned).
+    """Paint the released Cutout square on each image of a ``uint8`` batch (a new batch).
 
     ``side`` (pixels, float), ``cx`` and ``cy`` (centre, float) are per image. As released:
     the top-left corner is ``int(max(0, centre - side / 2))``, the far corner
     ``min(size, corner + side)``, and PIL's rectangle includes both corners; ``side <= 0``
     leaves the image unchanged.
     """
+    out = imgs.contiguous().numpy().copy()
+    _cutout_(out, side.to(torch.float64).numpy(), cx.to(torch.float64).numpy(), cy.to(torch.float64).numpy(), fill)
+    return torch.from_numpy(out)
+
+
+def _cutout_(imgs: np.ndarray, side: np.ndarray, cx: np.ndarray, cy: np.ndarray, fill: Sequence[int]) -> None:
+    """:func:`cutout` on a numpy batch, in place."""
     n, _, h, w = imgs.shape
-    side = side.to(torch.float64).view(n, 1)
-    x0 = torch.trunc((cx.to(torch.float64).view(n, 1) - side / 2).clamp(min=0))
-    y0 = torch.trunc((cy.to(torch.float64).view(n, 1) - side / 2).clamp(min=0))
-    x1 = torch.trunc(torch.minimum(x0 + side, torch.full_like(x0, float(w))))
-    y1 = torch.trunc(torch.minimum(y0 + side, torch.full_like(y0, float(h))))
-    xs = torch.arange(w, dtype=torch.float64).view(1, w)
-    ys = torch.arange(h, dtype=torch.float64).view(1, h)
+    side = side.reshape(n, 1)
+    x0 = np.trunc(np.maximum(cx.reshape(n, 1) - side / 2, 0.0))
+    y0 = np.trunc(np.maximum(cy.reshape(n, 1) - side / 2, 0.0))
+    x1 = np.trunc(np.minimum(x0 + side, float(w)))
+    y1 = np.trunc(np.minimum(y0 + side, float(h)))
+    xs = np.arange(w, dtype=np.float64).reshape(1, w)
+    ys = np.arange(h, dtype=np.float64).reshape(1, h)
     on = side > 0
     mx = (xs >= x0) & (xs <= x1) & on
     my = (ys >= y0) & (ys <= y1) & on
-    mask = (my.unsqueeze(2) & mx.unsqueeze(1)).unsqueeze(1)  # [N, 1, H, W]
-    colour = torch.tensor(list(fill), dtype=torch.uint8).view(1, 3, 1, 1).expand_as(imgs)
-    return torch.where(mask, colour, imgs)
+    mask = my[:, :, None] & mx[:, None, :]  # [N, H, W]
+    for ch, value in enumerate(fill):
+        imgs[:, ch][mask] = value
 
 
 class StrongAugment:
@@ -294,14 +338,16 @@ class StrongAugment:
 
     For each image: ``num_ops`` operations drawn uniformly with replacement from ``ops``,
     each magnitude ``low + (high - low) * U[0, 1)``, applied in order; then Cutout with side
-    ``U[0, cutout) * W`` at a uniform centre (``cutout=0`` disables it). Images that drew
-    the same operation at the same step are processed together in one vectorised call.
+    ``U[0, cutout) * W`` at a uniform centre (``cutout=0`` disables it). At each step, the
+    images that drew point-wise operations (AutoContrast, Brightness, Contrast, Equalize,
+    Posterize, Solarize) are mapped by one per-image lookup table gather, those that drew
+    an affine operation by one warp, and Color / Sharpness run once on the images that drew them.
     """
 
     def __init__(self, num_ops: int = NUM_OPS, ops: Sequence[tuple[str, float, float]] = STRONG_OPS,
                  cutout: float = CUTOUT_MAX_FRACTION, fill: Sequence[int] = CUTOUT_FILL) -> None:
         for name, lo, hi in ops:
-            if name not in _TENSOR_OPS:
+            if name not in _OPS:
                 raise ValueError(f"unknown strong operation {name!r}; valid: {list(OP_NAMES)}")
             if hi < lo:
                 raise ValueError(f"operation {name}: range ({lo}, {hi}) has high < low")
@@ -315,6 +361,7 @@ class StrongAugment:
         self.fill = tuple(int(c) for c in fill)
         self._lo = torch.tensor([lo for _, lo, _ in self.ops], dtype=torch.float64)
         self._span = torch.tensor([hi - lo for _, lo, hi in self.ops], dtype=torch.float64)
+        self._kinds = np.array([_kind(name) for name, _, _ in self.ops], dtype=np.int64)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``(op_ids [n, num_ops], magnitudes [n, num_ops])`` for ``n`` images."""
@@ -322,29 +369,39 @@ class StrongAugment:
         u = torch.rand((n, self.num_ops), generator=generator, dtype=torch.float64)
         return ids, self._lo[ids] + self._span[ids] * u
 
-    def apply(self, imgs: torch.Tensor, ids: torch.Tensor, mags: torch.Tensor) -> torch.Tensor:
-        """Apply drawn operations (see :meth:`sample`) to ``imgs``; no randomness."""
-        out = imgs.contiguous()
+    def _apply(self, out: np.ndarray, ids: np.ndarray, mags: np.ndarray) -> np.ndarray:
+        """The drawn operations on a numpy batch, in place (``out`` is returned)."""
         h, w = out.shape[2], out.shape[3]
         for step in range(ids.shape[1]):
-            col = ids[:, step]
-            geo_sel, geo_coeffs = [], []
-            for k in torch.unique(col).tolist():
-                name = self.ops[k][0]
-                if name == "Identity":
-                    continue
-                sel = (col == k).nonzero().squeeze(1)
-                if name in _GEOMETRIC:  # all affine maps of this step in one warp
-                    geo_sel.append(sel)
-                    geo_coeffs.append(_affine_coeffs(name, mags[sel, step], h, w))
-                elif sel.numel() == out.shape[0]:
-                    out = _TENSOR_OPS[name](out, mags[:, step])
-                else:
-                    out = out.index_copy(0, sel, _TENSOR_OPS[name](out.index_select(0, sel), mags[sel, step]))
-            if geo_sel:
-                sel = torch.cat(geo_sel)
-                out = out.index_copy(0, sel, _warp(out.index_select(0, sel), torch.cat(geo_coeffs)))
+            col, mag = ids[:, step], mags[:, step]
+            kinds = self._kinds[col]
+            lut_sel = np.flatnonzero(kinds == _LUT)
+            if lut_sel.size:  # all point-wise operations of this step: one gather
+                sub, sub_col, sub_mag = out[lut_sel], col[lut_sel], mag[lut_sel]
+                lut = np.empty((len(lut_sel), 3, 256), dtype=np.uint8)
+                for k in np.unique(sub_col):
+                    pos = np.flatnonzero(sub_col == k)
+                    lut[pos] = _LUT_OPS[self.ops[k][0]](sub[pos], sub_mag[pos])
+                out[lut_sel] = _apply_lut(sub, lut)
+            pix_sel = np.flatnonzero(kinds == _PIXEL)
+            if pix_sel.size:
+                for k in np.unique(col[pix_sel]):
+                    sel = np.flatnonzero(col == k)
+                    out[sel] = _OPS[self.ops[k][0]](out[sel], mag[sel])
+            geo_sel = np.flatnonzero(kinds == _GEO)
+            if geo_sel.size:  # all affine maps of this step in one warp
+                coeffs = np.empty((len(geo_sel), 6), dtype=np.float64)
+                sub_col = col[geo_sel]
+                for k in np.unique(sub_col):
+                    pos = np.flatnonzero(sub_col == k)
+                    coeffs[pos] = _affine_coeffs(self.ops[k][0], mag[geo_sel[pos]], h, w)
+                out[geo_sel] = _warp(out[geo_sel], coeffs)
         return out
+
+    def apply(self, imgs: torch.Tensor, ids: torch.Tensor, mags: torch.Tensor) -> torch.Tensor:
+        """Apply drawn operations (see :meth:`sample`) to ``imgs``; no randomness."""
+        out = imgs.contiguous().numpy().copy()
+        return torch.from_numpy(self._apply(out, ids.numpy(), mags.to(torch.float64).numpy()))
 
     def __call__(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a ``uint8`` batch ``[N, 3, H, W]``; returns a new ``uint8`` batch."""
@@ -352,11 +409,11 @@ class StrongAugment:
             raise ValueError(f"expected uint8 images [N, 3, H, W], got {tuple(imgs.shape)} {imgs.dtype}")
         n, _, h, w = imgs.shape
         ids, mags = self.sample(n, generator)
-        out = self.apply(imgs, ids, mags)
+        out = self._apply(imgs.contiguous().numpy().copy(), ids.numpy(), mags.numpy())
         if self.cutout > 0:
-            u = torch.rand((n, 3), generator=generator, dtype=torch.float64)
-            out = cutout(out, u[:, 0] * self.cutout * w, u[:, 1] * w, u[:, 2] * h, self.fill)
-        return out
+            u = torch.rand((n, 3), generator=generator, dtype=torch.float64).numpy()
+            _cutout_(out, u[:, 0] * self.cutout * w, u[:, 1] * w, u[:, 2] * h, self.fill)
+        return torch.from_numpy(out)
 
 
 def normalize_batch(imgs: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
