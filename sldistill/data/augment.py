@@ -220,18 +220,25 @@ def _warp(imgs: np.ndarray, coeffs: np.ndarray, fill: int = 0) -> np.ndarray:
     k = coeffs
     fixed = np.floor(np.stack([k[:, 0], k[:, 1], k[:, 2] + k[:, 0] * 0.5 + k[:, 1] * 0.5,
                                k[:, 3], k[:, 4], k[:, 5] + k[:, 3] * 0.5 + k[:, 4] * 0.5], 1)
-                     * 65536.0 + 0.5).astype(np.int64).reshape(n, 6, 1, 1)
+                     * 65536.0 + 0.5).astype(np.int64)
+    hw = h * w
+    # |coefficient| * 65536 * (size + 1) must fit in int32 for the narrow arithmetic below
+    wide = np.abs(fixed).max(initial=0) * (max(h, w) + 1) * 4 >= 2**31
+    it = np.int64 if wide else np.int32
+    fixed = fixed.astype(it).reshape(n, 6, 1, 1)
     a0, a1, a2, a3, a4, a5 = (fixed[:, i] for i in range(6))
-    ys = np.arange(h, dtype=np.int64).reshape(1, h, 1)
-    xs = np.arange(w, dtype=np.int64).reshape(1, 1, w)
-    xin = (a2 + a0 * xs + a1 * ys) >> 16
-    yin = (a5 + a3 * xs + a4 * ys) >> 16
-    valid = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-    src = np.clip(yin, 0, h - 1) * w + np.clip(xin, 0, w - 1) + (np.arange(n) * (c * h * w)).reshape(n, 1, 1)
-    src = src.reshape(n, 1, h * w) + (np.arange(c) * (h * w)).reshape(1, c, 1)
-    out = imgs.ravel().take(src).reshape(n, c, h, w)
-    out[~np.broadcast_to(valid[:, None], out.shape)] = fill
-    return out
+    ys = np.arange(h, dtype=it).reshape(1, h, 1)
+    xs = np.arange(w, dtype=it).reshape(1, 1, w)
+    xin = (a0 * xs + (a2 + a1 * ys)) >> 16
+    yin = (a3 * xs + (a5 + a4 * ys)) >> 16
+    # negative coordinates wrap to large unsigned values: one comparison per axis
+    valid = (xin.view(np.uint64 if wide else np.uint32) < w) & (yin.view(np.uint64 if wide else np.uint32) < h)
+    src = np.where(valid, yin * w + xin, hw).reshape(n, 1, hw)  # outside -> the appended fill pixel
+    planes = np.empty((n, c, hw + 1), dtype=np.uint8)
+    planes[:, :, :hw] = imgs.reshape(n, c, hw)
+    planes[:, :, hw] = fill
+    src = src + (np.arange(n * c, dtype=it) * (hw + 1)).reshape(n, c, 1)
+    return planes.ravel().take(src).reshape(n, c, h, w)
 
 
 def _geometric(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -310,13 +317,12 @@ def cutout(imgs: torch.Tensor, side: torch.Tensor, cx: torch.Tensor, cy: torch.T
     ``min(size, corner + side)``, and PIL's rectangle includes both corners; ``side <= 0``
     leaves the image unchanged.
     """
-    out = imgs.contiguous().numpy().copy()
-    _cutout_(out, side.to(torch.float64).numpy(), cx.to(torch.float64).numpy(), cy.to(torch.float64).numpy(), fill)
-    return torch.from_numpy(out)
+    return torch.from_numpy(_cutout(imgs.contiguous().numpy(), side.to(torch.float64).numpy(),
+                                    cx.to(torch.float64).numpy(), cy.to(torch.float64).numpy(), fill))
 
 
-def _cutout_(imgs: np.ndarray, side: np.ndarray, cx: np.ndarray, cy: np.ndarray, fill: Sequence[int]) -> None:
-    """:func:`cutout` on a numpy batch, in place."""
+def _cutout(imgs: np.ndarray, side: np.ndarray, cx: np.ndarray, cy: np.ndarray, fill: Sequence[int]) -> np.ndarray:
+    """:func:`cutout` on a numpy batch (a new batch)."""
     n, _, h, w = imgs.shape
     side = side.reshape(n, 1)
     x0 = np.trunc(np.maximum(cx.reshape(n, 1) - side / 2, 0.0))
@@ -328,9 +334,9 @@ def _cutout_(imgs: np.ndarray, side: np.ndarray, cx: np.ndarray, cy: np.ndarray,
     on = side > 0
     mx = (xs >= x0) & (xs <= x1) & on
     my = (ys >= y0) & (ys <= y1) & on
-    mask = my[:, :, None] & mx[:, None, :]  # [N, H, W]
-    for ch, value in enumerate(fill):
-        imgs[:, ch][mask] = value
+    inside = (my[:, :, None] & mx[:, None, :]).view(np.uint8)[:, None]  # [N, 1, H, W], 0 or 1
+    colour = np.asarray(fill, dtype=np.uint8).reshape(1, -1, 1, 1)
+    return imgs * (1 - inside) + colour * inside  # one of the two terms is 0: no overflow
 
 
 class StrongAugment:
@@ -412,7 +418,7 @@ class StrongAugment:
         out = self._apply(imgs.contiguous().numpy().copy(), ids.numpy(), mags.numpy())
         if self.cutout > 0:
             u = torch.rand((n, 3), generator=generator, dtype=torch.float64).numpy()
-            _cutout_(out, u[:, 0] * self.cutout * w, u[:, 1] * w, u[:, 2] * h, self.fill)
+            out = _cutout(out, u[:, 0] * self.cutout * w, u[:, 1] * w, u[:, 2] * h, self.fill)
         return torch.from_numpy(out)
 
 
