@@ -426,7 +426,7 @@ def normalize_batch(imgs: torch.Tensor, mean: Sequence[float], std: Sequence[flo
     """``uint8 [N, C, H, W]`` -> ``float32`` ``(x / 255 - mean) / std`` (what ToTensor + Normalize give)."""
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (imgs.to(torch.float32).div_(255.0) - m).div_(s)
+    return imgs.to(torch.float32).div_(255.0).sub_(m).div_(s)  # in place after the one conversion
 
 
 # ---------------------------------------------------------------------------------------------

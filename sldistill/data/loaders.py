@@ -273,7 +273,16 @@ class BatchCollate:
 
     @staticmethod
     def _stack(arrays: Sequence[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        """``H x W x C`` arrays -> ``[N, C, H, W]``, each copied straight into its channel-first
+        slot (one pass; faster than stacking and then permuting for small images)."""
+        first = arrays[0]
+        if any(a.shape != first.shape for a in arrays):
+            raise ValueError(f"cannot batch views of different shapes: {sorted({a.shape for a in arrays})}")
+        h, w, c = first.shape
+        out = np.empty((len(arrays), c, h, w), dtype=first.dtype)
+        for slot, a in zip(out, arrays):
+            slot[...] = a.transpose(2, 0, 1)
+        return torch.from_numpy(out)
 
     def __call__(self, items: Sequence[tuple]) -> tuple:
         n_views = len(items[0][0])
