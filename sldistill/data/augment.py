@@ -529,7 +529,10 @@ class RandomCropFlip:
         self.size, self.padding, self.flip = int(size), int(padding), bool(flip)
 
     def __call__(self, img: Image.Image | np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        a = to_rgb_array(img)
+        if type(img) is np.ndarray and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3:
+            a = img  # the common case (CIFAR rows), without to_rgb_array's checks and copy
+        else:
+            a = to_rgb_array(img)
         h, w = a.shape[:2]
         p, s = self.padding, self.size
         if h + 2 * p < s or w + 2 * p < s:
@@ -537,11 +540,14 @@ class RandomCropFlip:
         top = int(rng.integers(0, h + 2 * p - s + 1)) - p
         left = int(rng.integers(0, w + 2 * p - s + 1)) - p
         out = np.zeros((s, s, 3), dtype=np.uint8)
-        y0, y1 = max(top, 0), min(top + s, h)
-        x0, x1 = max(left, 0), min(left + s, w)
-        out[y0 - top:y1 - top, x0 - left:x1 - left] = a[y0:y1, x0:x1]
-        if self.flip and rng.random() < 0.5:
-            out = out[:, ::-1]
+        y0 = top if top > 0 else 0
+        x0 = left if left > 0 else 0
+        y1 = min(top + s, h)
+        x1 = min(left + s, w)
+        if self.flip and rng.random() < 0.5:  # flipped: window column j lands in column s - 1 - j
+            out[y0 - top:y1 - top, s - (x1 - left):s - (x0 - left)] = a[y0:y1, x0:x1, :][:, ::-1]
+        else:
+            out[y0 - top:y1 - top, x0 - left:x1 - left] = a[y0:y1, x0:x1]
         return out
 
     def __repr__(self) -> str:
