@@ -5,7 +5,8 @@ horizontal-flip views, the released strong policy (two operations drawn with rep
 from the 14, uniform magnitudes in the published ranges, then Cutout) on the second view, and
 normalisation to float. The PIL pipeline applies it per image with PIL and torchvision's
 ``ToTensor``/``Normalize``, as the published code does; ours crops per image in numpy and
-runs the strong policy and normalisation per batch on uint8 tensors, with the training
+runs the strong policy per batch on uint8 arrays (lookup tables for the point-wise
+operations, one warp for the affine ones) and normalises per batch, with the training
 pipeline's keyed randomness (an ``EpochSampler`` yields ``(epoch, index)`` keys, each item
 seeds its own generator, each batch its strong-policy generator). Same loader settings
 (2 persistent workers, batch 64). The last line prints the speed-up, e.g. ``speed-up 2.4x``.

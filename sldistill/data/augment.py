@@ -12,8 +12,11 @@ Two implementations live here:
 
 * :class:`StrongAugment` works on a *batch* of ``uint8`` tensors ``[N, 3, H, W]`` with
   per-sample operations and magnitudes (the loaders run it in the collate step of each
-  worker: one vectorised call per operation and batch instead of dozens of PIL calls per
-  image);
+  worker). Inside, the batch is a numpy array (a small numpy call costs a fraction of a
+  torch call, and these calls touch a few kilobytes each); at each of the ``num_ops`` steps
+  the point-wise operations (AutoContrast, Brightness, Contrast, Equalize, Posterize,
+  Solarize) become per-image lookup tables applied by one gather, the affine ones one warp,
+  and Color and Sharpness one call each on the images that drew them;
 * :func:`pil_op` / :func:`pil_strong_augment` are the plain per-image PIL version of the same
   policy (the reference the tests compare the tensor operations with, and the baseline of
   ``benchmarks/data.py``).
