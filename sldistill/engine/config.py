@@ -154,6 +154,7 @@ DEFAULTS: dict[str, Any] = {
         "CHANNELS_LAST": True,
         "SYNC_BN": False,  # CUDA + DDP only
         "FUSE_STUDENT_VIEWS": False,  # one student forward over both views (changes BN statistics)
+        "FOLD_TEACHER_BN": True,  # teacher forward through a copy with BN folded into the convs
     },
     "LOG": {
         "PREFIX": "./output",
