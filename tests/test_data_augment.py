@@ -181,3 +181,16 @@ def test_autocontrast_matches_pil_on_narrow_ranges():
     out = apply_op("AutoContrast", batch, 0.0).permute(0, 2, 3, 1).numpy()
     ref = np.stack([np.asarray(pil_op("AutoContrast", Image.fromarray(a), 0.0)) for a in imgs])
     assert np.array_equal(out, ref), int((out != ref).any(axis=(1, 2, 3)).sum())
+
+
+def test_normalize_into_given_tensor_is_the_same_and_checked():
+    x = torch.from_numpy(np.random.default_rng(8).integers(0, 256, (5, 3, 6, 7), dtype=np.uint8))
+    mean, std = (0.507, 0.487, 0.441), (0.267, 0.256, 0.276)
+    ref = normalize_batch(x, mean, std)
+    out = torch.empty(5, 3, 6, 7)
+    got = normalize_batch(x, mean, std, out=out)
+    assert got.data_ptr() == out.data_ptr() and torch.equal(got, ref)
+    # the ToTensor + Normalize arithmetic
+    assert torch.equal(ref, ((x.float() / 255.0) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    with pytest.raises(ValueError, match="out must be float32 of shape"):
+        normalize_batch(x, mean, std, out=torch.empty(5, 3, 6, 6))

@@ -425,11 +425,22 @@ class StrongAugment:
         return torch.from_numpy(out)
 
 
-def normalize_batch(imgs: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``uint8 [N, C, H, W]`` -> ``float32`` ``(x / 255 - mean) / std`` (what ToTensor + Normalize give)."""
+def normalize_batch(imgs: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """``uint8 [N, C, H, W]`` -> ``float32`` ``(x / 255 - mean) / std`` (what ToTensor + Normalize give).
+
+    ``out``: a ``float32`` tensor of the same shape to write the result into (e.g. one in
+    shared memory, so that a worker's batch reaches the main process without a copy).
+    """
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return imgs.to(torch.float32).div_(255.0).sub_(m).div_(s)  # in place after the one conversion
+    if out is None:
+        x = imgs.to(torch.float32)
+    else:
+        if out.dtype != torch.float32 or out.shape != imgs.shape:
+            raise ValueError(f"out must be float32 of shape {tuple(imgs.shape)}, got {out.dtype} {tuple(out.shape)}")
+        x = out.copy_(imgs)
+    return x.div_(255.0).sub_(m).div_(s)  # in place after the one conversion
 
 
 # ---------------------------------------------------------------------------------------------

@@ -253,6 +253,20 @@ class ContrastiveDataset(torch.utils.data.Dataset):
 # Collation: stack, strong policy on the strong view, normalise
 # ---------------------------------------------------------------------------------------------
 
+def _worker_output(shape: Sequence[int]) -> torch.Tensor | None:
+    """An empty ``float32`` tensor in shared memory when called in a ``DataLoader`` worker, else
+    None. A batch built in shared memory crosses to the main process without the copy that
+    pickling an ordinary tensor makes (``default_collate`` does the same for its stacks)."""
+    if get_worker_info() is None:
+        return None
+    numel = math.prod(int(d) for d in shape)
+    try:
+        storage = torch.empty(0, dtype=torch.float32)._typed_storage()._new_shared(numel)
+    except (AttributeError, RuntimeError):  # no shared-memory storage here: an ordinary tensor
+        return None
+    return torch.empty(0, dtype=torch.float32).new(storage).view(*shape)
+
+
 class BatchCollate:
     """Turn items ``(views, target, index[, contrast])`` into a normalised float batch.
 
@@ -291,7 +305,7 @@ class BatchCollate:
             epoch = getattr(items[0][0], "epoch", 0)
             g = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, epoch, [it[2] for it in items]))
             views[1] = self.strong(views[1], g)
-        images = [normalize_batch(v, self.mean, self.std) for v in views]
+        images = [normalize_batch(v, self.mean, self.std, out=_worker_output(v.shape)) for v in views]
         image: torch.Tensor | list[torch.Tensor] = images[0] if n_views == 1 else images
         target = torch.tensor([it[1] for it in items], dtype=torch.int64)
         if not self.train:
