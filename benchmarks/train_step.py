@@ -6,15 +6,23 @@ teacher run once over both views, one stacked log-softmax pass for the six tempe
 baseline is written here the way the published code is structured: contiguous (NCHW)
 tensors, two teacher forwards, one KL call per temperature and view, an SGD step.
 
+Ours is timed twice: with the default ``SOLVER.FOLD_TEACHER_BN`` (the teacher runs through a
+copy with its BatchNorms folded into the convolutions) and with it off (the previous step).
+The three steps are timed in interleaved rounds (one call of each per round), so load from
+other processes affects them alike; the first call of each is a warm-up (it also builds the
+folded teacher).
+
 Run: ``python benchmarks/train_step.py [--batch 64] [--repeat 3] [--threads N]``.
 Reported: median seconds per step, images/s (2 views x batch per step) and the speed-up.
-Both steps run at an epoch past ``SLD.GAMMA`` so the pseudo-teacher term is included.
+All steps run at an epoch past ``SLD.GAMMA`` so the pseudo-teacher term is included.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,7 +30,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import time_fn  # noqa: E402
 from sldistill import models  # noqa: E402
 from sldistill.distillers import build_distiller  # noqa: E402
 from sldistill.engine.config import load_config  # noqa: E402
@@ -65,7 +72,7 @@ class PlainSLDStep:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Time both steps in fp32 and bf16 and print a ratio table."""
+    """Time the plain step and ours (BN folding on and off) in fp32 and bf16; print a ratio table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3)
@@ -87,26 +94,44 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SLD step, resnet32x4 -> resnet8x4, batch {args.batch} x 2 views, CPU, {torch.get_num_threads()} threads")
     results = {}
     for amp_name, amp in (("fp32", None), ("bf16", torch.bfloat16)):
-        c = copy.deepcopy(cfg)
-        c.SOLVER.AMP = "bf16" if amp is not None else "none"
-        dist = build_distiller(c, copy.deepcopy(student0), copy.deepcopy(teacher0))
-        trainer = Trainer(c, dist, [None], [], Path("/tmp/sldistill-bench-unused"), DistInfo(),
-                          logger=_Silent())
         w_cl = weak.contiguous(memory_format=torch.channels_last)
         s_cl = strong.contiguous(memory_format=torch.channels_last)
-        ours = lambda: trainer._train_step([w_cl, s_cl], target, EPOCH, {})  # noqa: E731
+        steps = {}
         plain = PlainSLDStep(copy.deepcopy(student0).train(), copy.deepcopy(teacher0).eval(), 0.025, amp)
-        base = lambda: plain(weak, strong, target)  # noqa: E731
-        t_base = time_fn(base, warmup=1, repeat=args.repeat)
-        t_ours = time_fn(ours, warmup=1, repeat=args.repeat)
-        results[amp_name] = (t_base, t_ours)
-        print(f"{amp_name}: plain {t_base * 1e3:8.1f} ms/step ({images / t_base:6.1f} img/s)   "
-              f"ours {t_ours * 1e3:8.1f} ms/step ({images / t_ours:6.1f} img/s)   speed-up {t_base / t_ours:4.2f}x",
-              flush=True)
-    t_base32 = results["fp32"][0]
-    t_ours16 = results["bf16"][1]
-    print(f"ours bf16 vs plain fp32: {t_base32 / t_ours16:4.2f}x")
+        steps["plain"] = lambda plain=plain: plain(weak, strong, target)
+        for label, fold in (("ours", True), ("ours, no fold", False)):
+            c = copy.deepcopy(cfg)
+            c.SOLVER.AMP = "bf16" if amp is not None else "none"
+            c.SOLVER.FOLD_TEACHER_BN = fold
+            dist = build_distiller(c, copy.deepcopy(student0), copy.deepcopy(teacher0))
+            trainer = Trainer(c, dist, [None], [], Path("/tmp/sldistill-bench-unused"), DistInfo(),
+                              logger=_Silent())
+            steps[label] = lambda trainer=trainer: trainer._train_step([w_cl, s_cl], target, EPOCH, {})
+        times = _interleaved(steps, warmup=1, repeat=args.repeat)
+        results[amp_name] = times
+        t_base = times["plain"]
+        print(f"{amp_name}: plain {t_base * 1e3:8.1f} ms/step ({images / t_base:6.1f} img/s)", flush=True)
+        for label in ("ours, no fold", "ours"):
+            t = times[label]
+            print(f"      {label:<14} {t * 1e3:8.1f} ms/step ({images / t:6.1f} img/s)   speed-up {t_base / t:4.2f}x",
+                  flush=True)
+        print(f"      folding the teacher's BN: {times['ours, no fold'] / times['ours']:4.2f}x on our step", flush=True)
+    print(f"ours bf16 vs plain fp32: {results['fp32']['plain'] / results['bf16']['ours']:4.2f}x")
     return 0
+
+
+def _interleaved(steps: dict, *, warmup: int, repeat: int) -> dict[str, float]:
+    """Median wall-clock seconds per call of each step, timed one call of each per round."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    rounds: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeat):
+        for k, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            rounds[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in rounds.items()}
 
 
 class _Silent:
