@@ -288,6 +288,12 @@ def _kind(name: str) -> int:
     return _GEO if name in _GEOMETRIC else _PIXEL
 
 
+def _host(t: torch.Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
+    """A tensor as a C-contiguous numpy array on the host (copied only where needed)."""
+    t = t.detach().to("cpu", dtype) if dtype is not None else t.detach().cpu()
+    return t.contiguous().numpy()
+
+
 def apply_op(name: str, imgs: torch.Tensor, magnitude: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
     """Apply one strong operation to a ``uint8`` batch ``[N, 3, H, W]`` (or one image ``[3, H, W]``).
 
@@ -307,7 +313,7 @@ def apply_op(name: str, imgs: torch.Tensor, magnitude: float | Sequence[float] |
         v = v.expand(x.shape[0])
     elif v.numel() != x.shape[0]:
         raise ValueError(f"got {v.numel()} magnitudes for {x.shape[0]} images")
-    out = torch.from_numpy(_OPS[name](x.contiguous().numpy(), v.contiguous().numpy()))
+    out = torch.from_numpy(_OPS[name](_host(x), _host(v))).to(imgs.device)
     return out[0] if single else out
 
 
@@ -320,8 +326,8 @@ def cutout(imgs: torch.Tensor, side: torch.Tensor, cx: torch.Tensor, cy: torch.T
     ``min(size, corner + side)``, and PIL's rectangle includes both corners; ``side <= 0``
     leaves the image unchanged.
     """
-    return torch.from_numpy(_cutout(imgs.contiguous().numpy(), side.to(torch.float64).numpy(),
-                                    cx.to(torch.float64).numpy(), cy.to(torch.float64).numpy(), fill))
+    return torch.from_numpy(_cutout(_host(imgs), _host(side, torch.float64), _host(cx, torch.float64),
+                                    _host(cy, torch.float64), fill)).to(imgs.device)
 
 
 def _cutout(imgs: np.ndarray, side: np.ndarray, cx: np.ndarray, cy: np.ndarray, fill: Sequence[int]) -> np.ndarray:
@@ -409,8 +415,8 @@ class StrongAugment:
 
     def apply(self, imgs: torch.Tensor, ids: torch.Tensor, mags: torch.Tensor) -> torch.Tensor:
         """Apply drawn operations (see :meth:`sample`) to ``imgs``; no randomness."""
-        out = imgs.contiguous().numpy().copy()
-        return torch.from_numpy(self._apply(out, ids.numpy(), mags.to(torch.float64).numpy()))
+        out = self._apply(_host(imgs).copy(), _host(ids), _host(mags, torch.float64))
+        return torch.from_numpy(out).to(imgs.device)
 
     def __call__(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a ``uint8`` batch ``[N, 3, H, W]``; returns a new ``uint8`` batch."""
@@ -418,11 +424,11 @@ class StrongAugment:
             raise ValueError(f"expected uint8 images [N, 3, H, W], got {tuple(imgs.shape)} {imgs.dtype}")
         n, _, h, w = imgs.shape
         ids, mags = self.sample(n, generator)
-        out = self._apply(imgs.contiguous().numpy().copy(), ids.numpy(), mags.numpy())
+        out = self._apply(_host(imgs).copy(), ids.numpy(), mags.numpy())
         if self.cutout > 0:
             u = torch.rand((n, 3), generator=generator, dtype=torch.float64).numpy()
             out = _cutout(out, u[:, 0] * self.cutout * w, u[:, 1] * w, u[:, 2] * h, self.fill)
-        return torch.from_numpy(out)
+        return torch.from_numpy(out).to(imgs.device)
 
 
 def normalize_batch(imgs: torch.Tensor, mean: Sequence[float], std: Sequence[float],
