@@ -8,7 +8,7 @@ tensors, two teacher forwards, one KL call per temperature and view, an SGD step
 
 Ours is timed twice: with the default ``SOLVER.FOLD_TEACHER_BN`` (the teacher runs through a
 copy with its BatchNorms folded into the convolutions) and with it off (the previous step).
-The three steps are timed in interleaved rounds (one call of each per round), so load from
+The three steps are timed in interleaved rounds (one call of each per round, in rotating order), so load from
 other processes affects them alike; the first call of each is a warm-up (it also builds the
 folded teacher).
 
@@ -121,15 +121,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _interleaved(steps: dict, *, warmup: int, repeat: int) -> dict[str, float]:
-    """Median wall-clock seconds per call of each step, timed one call of each per round."""
+    """Median wall-clock seconds per call of each step, timed one call of each per round (the
+    order rotating from round to round, so no step always follows the same one)."""
     for fn in steps.values():
         for _ in range(warmup):
             fn()
     rounds: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeat):
-        for k, fn in steps.items():
+    names = list(steps)
+    for r in range(repeat):
+        for k in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
-            fn()
+            steps[k]()
             rounds[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in rounds.items()}
 
