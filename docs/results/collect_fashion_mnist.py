@@ -1,5 +1,5 @@
 """Copy the study's small summaries into docs/results/ (per-run rows and the aggregated table)."""
-import csv, shutil
+import csv
 from pathlib import Path
 from sldistill.report import aggregate, markdown_table, read_run, write_summary_csv
 root = Path("runs/study/sweep")
