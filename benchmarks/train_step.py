@@ -2,15 +2,16 @@
 
 ResNet32x4 -> ResNet8x4, two views of a batch of 64 CIFAR-sized images, CPU, fp32 and bf16,
 in one run. Ours is ``Trainer._train_step`` with the SLD distiller: channels_last, the
-teacher run once over both views, one stacked log-softmax pass for the six temperatures. The
-baseline is written here the way the published code is structured: contiguous (NCHW)
-tensors, two teacher forwards, one KL call per temperature and view, an SGD step.
+teacher run once over both views (in 32-row micro-batches on the CPU, ``SOLVER.TEACHER_CHUNK``),
+through a BN-folded copy (``SOLVER.FOLD_TEACHER_BN``), and the fused loss. The baseline is
+written here the way the published code is structured: contiguous (NCHW) tensors, two teacher
+forwards, one KL call per temperature and view, an SGD step.
 
-Ours is timed twice: with the default ``SOLVER.FOLD_TEACHER_BN`` (the teacher runs through a
-copy with its BatchNorms folded into the convolutions) and with it off (the previous step).
-The three steps are timed in interleaved rounds (one call of each per round, in rotating order), so load from
-other processes affects them alike; the first call of each is a warm-up (it also builds the
-folded teacher).
+Ours is also timed with each teacher-side option off (``TEACHER_CHUNK 0``: one 128-row
+teacher batch; ``FOLD_TEACHER_BN false``), to show what each contributes. The steps are timed
+in interleaved rounds (one call of each per round, in rotating order), so load from other
+processes affects them alike; the first call of each is a warm-up (it also builds the folded
+teacher).
 
 Run: ``python benchmarks/train_step.py [--batch 64] [--repeat 3] [--threads N]``.
 Reported: median seconds per step, images/s (2 views x batch per step) and the speed-up.
@@ -99,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         steps = {}
         plain = PlainSLDStep(copy.deepcopy(student0).train(), copy.deepcopy(teacher0).eval(), 0.025, amp)
         steps["plain"] = lambda plain=plain: plain(weak, strong, target)
-        for label, fold in (("ours", True), ("ours, no fold", False)):
+        for label, fold, chunk in (("ours", True, -1), ("ours, no chunk", True, 0), ("ours, no fold", False, -1)):
             c = copy.deepcopy(cfg)
             c.SOLVER.AMP = "bf16" if amp is not None else "none"
             c.SOLVER.FOLD_TEACHER_BN = fold
+            c.SOLVER.TEACHER_CHUNK = chunk
             dist = build_distiller(c, copy.deepcopy(student0), copy.deepcopy(teacher0))
             trainer = Trainer(c, dist, [None], [], Path("/tmp/sldistill-bench-unused"), DistInfo(),
                               logger=_Silent())
@@ -111,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         results[amp_name] = times
         t_base = times["plain"]
         print(f"{amp_name}: plain {t_base * 1e3:8.1f} ms/step ({images / t_base:6.1f} img/s)", flush=True)
-        for label in ("ours, no fold", "ours"):
+        for label in ("ours, no fold", "ours, no chunk", "ours"):
             t = times[label]
-            print(f"      {label:<14} {t * 1e3:8.1f} ms/step ({images / t:6.1f} img/s)   speed-up {t_base / t:4.2f}x",
+            print(f"      {label:<15} {t * 1e3:8.1f} ms/step ({images / t:6.1f} img/s)   speed-up {t_base / t:4.2f}x",
                   flush=True)
-        print(f"      folding the teacher's BN: {times['ours, no fold'] / times['ours']:4.2f}x on our step", flush=True)
+        print(f"      folding the teacher's BN: {times['ours, no fold'] / times['ours']:4.2f}x on our step; "
+              f"teacher micro-batches: {times['ours, no chunk'] / times['ours']:4.2f}x", flush=True)
     print(f"ours bf16 vs plain fp32: {results['fp32']['plain'] / results['bf16']['ours']:4.2f}x")
     return 0
 

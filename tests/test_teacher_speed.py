@@ -234,3 +234,61 @@ def test_distiller_trains_with_folded_teacher_feature_loss() -> None:
         sum(terms.values()).backward()
         grads.append(torch.cat([p.grad.flatten() for p in d.student.parameters() if p.grad is not None]))
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- SOLVER.TEACHER_CHUNK
+
+
+def _chunk_cfg(kind: str, chunk: int):
+    cfg = _cfg(kind)
+    cfg.SOLVER.TEACHER_CHUNK = chunk
+    return cfg
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 32])
+def test_chunked_teacher_forward_equals_whole_batch(chunk: int) -> None:
+    """Micro-batches (a partial last one included) give the whole-batch logits and features,
+    split per view exactly as before."""
+    teacher = _randomise_bn(models.create("resnet8x4", num_classes=10), seed=4)
+    whole = build_distiller(_chunk_cfg("OFD", 0), models.create("resnet8", num_classes=10), copy.deepcopy(teacher))
+    parts = build_distiller(_chunk_cfg("OFD", chunk), models.create("resnet8", num_classes=10), copy.deepcopy(teacher))
+    v = [torch.randn(4, 3, 32, 32), torch.randn(3, 3, 32, 32)]
+    ref, out = whole.teacher_forward(v), parts.teacher_forward(v)
+    assert len(out) == 2
+    for (la, fa), (lb, fb), view in zip(ref, out, v):
+        assert la.shape == lb.shape == (view.shape[0], 10)
+        assert fa.keys() == fb.keys()
+        assert [t.shape for t in fa["feats"]] == [t.shape for t in fb["feats"]]
+        _assert_close((la, fa), (lb, fb), rel=1e-5)
+
+
+def test_teacher_chunk_calls_and_auto_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    teacher = models.create("resnet8", num_classes=10)
+    d = build_distiller(_chunk_cfg("SLD", 3), models.create("resnet8", num_classes=10), teacher)
+    calls = []
+    module = d.forward_teacher_module(torch.randn(2, 3, 32, 32))
+    monkeypatch.setattr(d, "forward_teacher_module", lambda x: (lambda part: calls.append(part.shape[0]) or module(part)))
+    (lw, fw), (ls, fs) = d.teacher_forward([torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)], features=False)
+    assert calls == [3, 3, 2] and lw.shape == ls.shape == (4, 10) and fw == fs == {}
+    auto = build_distiller(_chunk_cfg("SLD", -1), models.create("resnet8", num_classes=10), teacher)
+    assert auto.teacher_chunk_rows(torch.zeros(1)) == base.CPU_TEACHER_CHUNK
+    assert auto.teacher_chunk_rows(torch.zeros(1, device="meta")) == 0  # accelerators: whole batch
+    assert auto.teacher_chunk_rows(torch.zeros(1, dtype=torch.bfloat16)) == 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert auto.teacher_chunk_rows(torch.zeros(1)) == 0  # bf16 kernels prefer the whole batch
+    assert build_distiller(_chunk_cfg("SLD", 0), models.create("resnet8", num_classes=10),
+                           teacher).teacher_chunk_rows(torch.zeros(1)) == 0
+
+
+@pytest.mark.parametrize("bad", [-2, 1.5, True, "8"])
+def test_bad_teacher_chunk_is_refused(bad) -> None:
+    with pytest.raises(ValueError, match=r"SOLVER\.TEACHER_CHUNK.*got"):
+        build_distiller(_chunk_cfg("SLD", bad), models.create("resnet8", num_classes=10),
+                        models.create("resnet8", num_classes=10))
+
+
+def test_bad_teacher_chunk_in_config_names_the_key() -> None:
+    from sldistill.engine.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"SOLVER\.TEACHER_CHUNK"):
+        load_config(None, ["SOLVER.TEACHER_CHUNK", "-3"])

@@ -50,6 +50,8 @@ class Distiller(nn.Module):
         #: run the teacher through a copy with each conv+BN pair folded into the conv
         #: (``SOLVER.FOLD_TEACHER_BN``); ``self.teacher`` itself is never changed
         self.fold_teacher_bn = teacher is not None and bool(cfg_get(cfg, "SOLVER.FOLD_TEACHER_BN", True))
+        #: rows per teacher forward (``SOLVER.TEACHER_CHUNK``): -1 auto, 0 the whole batch
+        self.teacher_chunk = _teacher_chunk(cfg_get(cfg, "SOLVER.TEACHER_CHUNK", -1))
         # a plain object (not a Module), so the folded copy stays out of state_dict,
         # children, parameters and DDP's parameter broadcast
         self._folded = _FoldedTeacher()
@@ -76,23 +78,45 @@ class Distiller(nn.Module):
 
     # ------------------------------------------------------------- helpers
     @torch.no_grad()
-    def teacher_forward(self, views: Sequence[Tensor]) -> list[tuple[Tensor, dict]]:
+    def teacher_forward(self, views: Sequence[Tensor], features: bool = True) -> list[tuple[Tensor, Any]]:
         """Run the teacher once over all views concatenated; return ``(logits, features)``
         per view. In eval mode this equals separate forwards, at the cost of one.
 
         With ``SOLVER.FOLD_TEACHER_BN`` (default) the forward goes through
         :meth:`forward_teacher_module`'s BN-folded copy of the teacher (same outputs up to
-        float rounding)."""
+        float rounding). The batch is run in micro-batches of :meth:`teacher_chunk_rows`
+        rows (``SOLVER.TEACHER_CHUNK``; on the CPU a cache-sized chunk is faster than one
+        large batch, and in eval mode the rows are independent). ``features=False`` (the
+        logit distillers) returns ``{}`` as every view's features, so that chunked feature
+        maps are never concatenated."""
         assert self.teacher is not None, "this distiller has no teacher"
         x = views[0] if len(views) == 1 else torch.cat(list(views), dim=0)
         teacher = self.forward_teacher_module(x)
+        chunk = self.teacher_chunk_rows(x)
+        if chunk and x.shape[0] > chunk:
+            outs = [teacher(part) for part in x.split(chunk)]
+            logits = torch.cat([o[0] for o in outs])
+            feats = _cat_features([o[1] for o in outs]) if features else {}
+        else:
+            logits, feats = teacher(x)
+            feats = feats if features else {}
         if len(views) == 1:
-            return [teacher(x)]
+            return [(logits, feats)]
         sizes = [v.shape[0] for v in views]
-        logits, feats = teacher(x)
         out_logits = logits.split(sizes, dim=0)
         out_feats = [_split_features(feats, sizes, i) for i in range(len(views))]
         return list(zip(out_logits, out_feats))
+
+    def teacher_chunk_rows(self, x: Tensor) -> int:
+        """Rows per teacher forward for input ``x`` (0: the whole batch at once).
+        ``SOLVER.TEACHER_CHUNK`` -1 (auto) means :data:`CPU_TEACHER_CHUNK` rows for a float32
+        forward on the CPU, and the whole batch otherwise: on accelerators a large batch keeps
+        the device busy, and CPU bf16 (autocast) kernels are no faster in chunks."""
+        if self.teacher_chunk >= 0:
+            return self.teacher_chunk
+        fp32_cpu = (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                    and not torch.is_autocast_enabled("cpu"))
+        return CPU_TEACHER_CHUNK if fp32_cpu else 0
 
     def forward_teacher_module(self, probe: Tensor | None = None) -> nn.Module:
         """The module :meth:`teacher_forward` runs: the teacher with every conv+BatchNorm
@@ -283,6 +307,33 @@ def _diff(a: Any, b: Any, where: str) -> str:
             return f"{where}: length differs"
         return next((d for i, (u, v) in enumerate(zip(a, b)) if (d := _diff(u, v, f"{where}[{i}]"))), "")
     return "" if type(a) is type(b) else f"{where}: type differs"
+
+
+#: rows per float32 teacher forward on the CPU with ``SOLVER.TEACHER_CHUNK: -1`` (auto):
+#: measured on ResNet32x4 at 32x32 (2 cores), 32-row chunks run 1.2x faster than one 128-row
+#: batch (a chunk's activations stay in cache) and no slower than 16- or 64-row ones
+CPU_TEACHER_CHUNK = 32
+
+
+def _teacher_chunk(value: Any) -> int:
+    """Validate ``SOLVER.TEACHER_CHUNK``: -1 (auto), 0 (whole batch) or a positive row count."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise ValueError(f"SOLVER.TEACHER_CHUNK must be -1 (auto), 0 (whole batch) or a positive number of rows; "
+                         f"got {value!r}")
+    return value
+
+
+def _cat_features(parts: list[Any]) -> Any:
+    """Concatenate, along dim 0, the tensors of several features structures of the same shape
+    (the inverse of :func:`_split_features`)."""
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(parts, dim=0)
+    if isinstance(first, dict):
+        return {k: _cat_features([p[k] for p in parts]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_cat_features([p[i] for p in parts]) for i in range(len(first)))
+    return first
 
 
 def _split_features(feats: Any, sizes: list[int], index: int) -> Any:

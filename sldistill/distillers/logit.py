@@ -101,7 +101,7 @@ class KD(Distiller):
         """Return the student's logits and ``{"loss_ce", "loss_kd"}``."""
         _check_views(views, 1, "KD")
         logits, _ = self.student(views[0])
-        (teacher_logits, _), = self.teacher_forward(views[:1])
+        (teacher_logits, _), = self.teacher_forward(views[:1], features=False)
         loss_kd = losses.kd(logits, teacher_logits, self.temperature, target=target, processor=self.processor)
         return logits, {
             "loss_ce": self.ce_weight * F.cross_entropy(logits, target),
@@ -128,7 +128,7 @@ class DKD(Distiller):
         """Return the student's logits and ``{"loss_ce", "loss_kd"}`` (warm-up applied)."""
         _check_views(views, 1, "DKD")
         logits, _ = self.student(views[0])
-        (teacher_logits, _), = self.teacher_forward(views[:1])
+        (teacher_logits, _), = self.teacher_forward(views[:1], features=False)
         factor = min(epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
         loss_dkd = losses.dkd(
             logits, teacher_logits, target, self.alpha, self.beta, self.temperature, processor=self.processor
@@ -160,7 +160,7 @@ class MLKD(Distiller):
     def forward_train(self, views: Sequence[Tensor], target: Tensor, epoch: int, **extras: Any) -> tuple[Tensor, LossTerms]:
         """Return the weak view's student logits and ``{"loss_ce", "loss_kd", "loss_cc", "loss_bc"}``."""
         _check_views(views, 2, "MLKD")
-        (t_weak, _), (t_strong, _) = self.teacher_forward(views[:2])
+        (t_weak, _), (t_strong, _) = self.teacher_forward(views[:2], features=False)
         (s_weak, _), (s_strong, _) = self.student_forward(views[:2], fuse=self.fuse)
         terms = losses.mlkd(
             s_weak, s_strong, t_weak, t_strong, target,
@@ -206,7 +206,7 @@ class SLD(Distiller):
     def forward_train(self, views: Sequence[Tensor], target: Tensor, epoch: int, **extras: Any) -> tuple[Tensor, LossTerms]:
         """Return the weak view's student logits and ``{"loss_ce", "loss_kd", "loss_pseudo"}``."""
         _check_views(views, 2, "SLD")
-        (t_weak, _), (t_strong, _) = self.teacher_forward(views[:2])
+        (t_weak, _), (t_strong, _) = self.teacher_forward(views[:2], features=False)
         (s_weak, _), (s_strong, _) = self.student_forward(views[:2], fuse=self.fuse)
         terms = losses.sld(
             s_weak, s_strong, t_weak, t_strong, target, epoch,

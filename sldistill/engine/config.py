@@ -155,6 +155,7 @@ DEFAULTS: dict[str, Any] = {
         "SYNC_BN": False,  # CUDA + DDP only
         "FUSE_STUDENT_VIEWS": False,  # one student forward over both views (changes BN statistics)
         "FOLD_TEACHER_BN": True,  # teacher forward through a copy with BN folded into the convs
+        "TEACHER_CHUNK": -1,  # rows per teacher forward: -1 auto (32 for fp32 on CPU, else all), 0 all
     },
     "LOG": {
         "PREFIX": "./output",
@@ -456,6 +457,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "SOLVER.MOMENTUM": _within(0.0, 1.0),
     "SOLVER.WARMUP_EPOCHS": _ge(0),
     "SOLVER.DOT.DELTA": _ge(0),
+    "SOLVER.TEACHER_CHUNK": _ge(-1),
     "LOG.SAVE_CHECKPOINT_FREQ": _gt(0),
     "LOG.TENSORBOARD_FREQ": _gt(0),
     "KD.TEMPERATURE": _gt(0),

@@ -58,6 +58,7 @@ DESCRIPTIONS: dict[str, str] = {
     "SOLVER.SYNC_BN": "SyncBatchNorm across DDP processes (CUDA only; refused on CPU).",
     "SOLVER.FUSE_STUDENT_VIEWS": "One student forward over both views instead of two (faster; batch-norm statistics then mix the views, unlike the release).",
     "SOLVER.FOLD_TEACHER_BN": "Run the frozen teacher through a copy with each BatchNorm folded into the preceding convolution (faster; teacher outputs change only by float rounding, about 1e-6 relative in fp32). The teacher module, its state dict and its BN layers are unchanged; models that torch.fx cannot trace run unfolded, with a warning.",
+    "SOLVER.TEACHER_CHUNK": "Rows per teacher forward: `-1` (auto) runs a float32 teacher on the CPU in 32-row micro-batches, where cache-sized chunks are about 1.2x faster than one large batch, and the whole batch at once on GPUs and under bf16 autocast; `0` always the whole batch; `N > 0` chunks of N rows. The teacher is in eval mode, so its outputs do not depend on the chunking (up to float rounding).",
     "LOG.PREFIX": "Root of the run folders.",
     "LOG.SAVE_CHECKPOINT_FREQ": "Keep an `epoch_N.pth` checkpoint every this many epochs (besides `latest.pth` and `best.pth`).",
     "LOG.TENSORBOARD_FREQ": "Accepted for compatibility with the published files; TensorBoard scalars are written once per epoch.",
