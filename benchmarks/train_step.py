@@ -14,14 +14,16 @@ processes affects them alike; the first call of each is a warm-up (it also build
 teacher).
 
 Run: ``python benchmarks/train_step.py [--batch 64] [--repeat 5] [--threads N]``.
-Reported: the fastest round's seconds per step (the least disturbed by other load; the loss
-benchmark does the same), images/s (2 views x batch per step) and the speed-up.
+Reported: the median seconds per step and images/s (2 views x batch per step) over the
+rounds, and each speed-up as the median over rounds of the per-round ratio (the steps of a
+round run back to back, so a drift of the machine's speed during the run cancels out).
 All steps run at an epoch past ``SLD.GAMMA`` so the pseudo-teacher term is included.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -109,23 +111,23 @@ def main(argv: list[str] | None = None) -> int:
             trainer = Trainer(c, dist, [None], [], Path("/tmp/sldistill-bench-unused"), DistInfo(),
                               logger=_Silent())
             steps[label] = lambda trainer=trainer: trainer._train_step([w_cl, s_cl], target, EPOCH, {})
-        times = _interleaved(steps, warmup=1, repeat=args.repeat)
-        results[amp_name] = times
-        t_base = times["plain"]
+        rounds = _interleaved(steps, warmup=1, repeat=args.repeat)
+        results[amp_name] = rounds
+        t_base = statistics.median(rounds["plain"])
         print(f"{amp_name}: plain {t_base * 1e3:8.1f} ms/step ({images / t_base:6.1f} img/s)", flush=True)
         for label in ("ours, no fold", "ours, no chunk", "ours"):
-            t = times[label]
-            print(f"      {label:<15} {t * 1e3:8.1f} ms/step ({images / t:6.1f} img/s)   speed-up {t_base / t:4.2f}x",
-                  flush=True)
-        print(f"      folding the teacher's BN: {times['ours, no fold'] / times['ours']:4.2f}x on our step; "
-              f"teacher micro-batches: {times['ours, no chunk'] / times['ours']:4.2f}x", flush=True)
-    print(f"ours bf16 vs plain fp32: {results['fp32']['plain'] / results['bf16']['ours']:4.2f}x")
+            t = statistics.median(rounds[label])
+            print(f"      {label:<15} {t * 1e3:8.1f} ms/step ({images / t:6.1f} img/s)   "
+                  f"speed-up {_ratio(rounds['plain'], rounds[label]):4.2f}x", flush=True)
+        print(f"      folding the teacher's BN: {_ratio(rounds['ours, no fold'], rounds['ours']):4.2f}x on our step; "
+              f"teacher micro-batches: {_ratio(rounds['ours, no chunk'], rounds['ours']):4.2f}x", flush=True)
+    print(f"ours bf16 vs plain fp32: {_ratio(results['fp32']['plain'], results['bf16']['ours']):4.2f}x")
     return 0
 
 
-def _interleaved(steps: dict, *, warmup: int, repeat: int) -> dict[str, float]:
-    """Fastest wall-clock seconds per call of each step, timed one call of each per round (the
-    order rotating from round to round, so no step always follows the same one)."""
+def _interleaved(steps: dict, *, warmup: int, repeat: int) -> dict[str, list[float]]:
+    """Wall-clock seconds of each step in each round: one call of each per round, the order
+    rotating from round to round so that no step always follows the same one."""
     for fn in steps.values():
         for _ in range(warmup):
             fn()
@@ -136,7 +138,13 @@ def _interleaved(steps: dict, *, warmup: int, repeat: int) -> dict[str, float]:
             t0 = time.perf_counter()
             steps[k]()
             rounds[k].append(time.perf_counter() - t0)
-    return {k: min(v) for k, v in rounds.items()}
+    return rounds
+
+
+def _ratio(base: list[float], ours: list[float]) -> float:
+    """Median over rounds of ``base / ours``: the two were timed back to back in each round, so
+    a machine whose speed drifts during the run (other load, clock changes) moves both alike."""
+    return statistics.median(b / o for b, o in zip(base, ours))
 
 
 class _Silent:

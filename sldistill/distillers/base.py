@@ -310,8 +310,9 @@ def _diff(a: Any, b: Any, where: str) -> str:
 
 
 #: rows per float32 teacher forward on the CPU with ``SOLVER.TEACHER_CHUNK: -1`` (auto):
-#: measured on ResNet32x4 at 32x32 (2 cores), 32-row chunks run 1.2x faster than one 128-row
-#: batch (a chunk's activations stay in cache) and no slower than 16- or 64-row ones
+#: measured on ResNet32x4 at 32x32 (2 cores), the forward alone runs 1.1-1.2x faster in 32-row
+#: chunks than as one 128-row batch (a chunk's activations stay in cache), and no slower than
+#: in 16- or 64-row ones; in a whole SLD step that is a few percent
 CPU_TEACHER_CHUNK = 32
 
 
