@@ -122,7 +122,61 @@ def main(argv: list[str] | None = None) -> int:
         print(f"      folding the teacher's BN: {_ratio(rounds['ours, no fold'], rounds['ours']):4.2f}x on our step; "
               f"teacher micro-batches: {_ratio(rounds['ours, no chunk'], rounds['ours']):4.2f}x", flush=True)
     print(f"ours bf16 vs plain fp32: {_ratio(results['fp32']['plain'], results['bf16']['ours']):4.2f}x")
+    _print_fp32_floor(teacher0, student0, weak, statistics.median(results["fp32"]["plain"]))
     return 0
+
+
+def conv_linear_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of the convolutions and linear layers of one forward of ``x``."""
+    total = 0
+
+    def hook(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total += output.numel() * k
+        elif isinstance(module, torch.nn.Linear):
+            total += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def sgemm_rate(n: int = 2048, repeat: int = 5) -> float:
+    """This machine's float32 matrix-multiply throughput (FLOP/s, fastest of ``repeat``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeat))
+    return 2 * n ** 3 / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _print_fp32_floor(teacher: torch.nn.Module, student: torch.nn.Module, view: torch.Tensor, plain_s: float) -> None:
+    """The compute floor of an fp32 step: its convolution/linear FLOPs at the machine's sgemm
+    rate (teacher forward over both views, student forward and backward, about 3x the
+    forward), and the largest speed-up over the plain step any fp32 implementation of the
+    same arithmetic could reach."""
+    images = 2 * view.shape[0]
+    t_flop = 2 * conv_linear_macs(teacher.eval(), view[:1]) * images
+    s_flop = 3 * 2 * conv_linear_macs(student.eval(), view[:1]) * images
+    student.train()
+    rate = sgemm_rate()
+    floor = (t_flop + s_flop) / rate
+    print(f"fp32 compute floor: teacher {t_flop / 1e9:.0f} + student {s_flop / 1e9:.0f} GFLOP per step at this "
+          f"machine's sgemm rate ({rate / 1e9:.0f} GFLOP/s) = {floor * 1e3:.0f} ms/step, so no fp32 step doing "
+          f"this arithmetic can beat the plain step by more than {plain_s / floor:4.2f}x here")
 
 
 def _interleaved(steps: dict, *, warmup: int, repeat: int) -> dict[str, list[float]]:
