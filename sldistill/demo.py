@@ -30,7 +30,7 @@ and learning-rate schedule. Schedules are scaled to the run length:
 
 The default (4,000 training images, 5 student epochs, an 8-epoch teacher, the six methods CE,
 KD, KD+sort, DKD, MLKD, SLD, one seed) is sized to finish within 10 minutes on 2 quiet CPU
-cores (measured from a fresh clone on a quiet 2-core machine: 5.3 minutes; teacher about 1.5
+cores (measured from a fresh clone on a 2-core machine: 5.3-5.7 minutes; teacher about 1.5
 minutes, one-view students 22-35 s, two-view students about 55 s each). ``--epochs``,
 ``--subset 0`` (the whole training set), ``--methods`` and ``--seeds`` enlarge it.
 """
