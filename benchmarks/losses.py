@@ -100,7 +100,7 @@ def main() -> None:
         for epoch in (100, 151):
             check_equal(b, c, epoch)
             ins = make_inputs(b, c, torch.float32)
-            number = 20 if b * c < 10**5 else 2
+            number = 100 if b * c < 10**5 else 2
             plain_fn = lambda: step(plain_sld, *ins, epoch)  # noqa: E731
             ours_fn = lambda: step(ours_sld, *ins, epoch)  # noqa: E731
             time_fn(plain_fn, warmup=3, repeat=1)

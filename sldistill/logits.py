@@ -72,13 +72,15 @@ def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
         )
 
 
-def check_target(target: object, logits: Tensor, logits_name: str = "logits") -> Tensor:
+def check_target(target: object, logits: Tensor, logits_name: str = "logits", *, check_range: bool = True) -> Tensor:
     """Validate labels against ``logits`` ``[B, C]`` and return them as ``int64``.
 
     Shape and dtype are always checked (cheap, no device synchronisation): ``target`` must be
     a 1-D integer tensor of length ``B``. The range ``0 <= y < C`` needs the label values, so
     it is checked only when ``target`` lives on the CPU; on an accelerator it is skipped to
     avoid a host synchronisation (an out-of-range label then fails inside the indexing kernel).
+    ``check_range=False`` skips it on the CPU too, for callers that index with the labels
+    anyway and re-check only when that indexing fails (see :func:`sldistill.losses.sld`).
     """
     if not isinstance(target, Tensor):
         raise ValueError(f"target must be a torch.Tensor of integer labels, got {type(target).__name__}")
@@ -94,7 +96,7 @@ def check_target(target: object, logits: Tensor, logits_name: str = "logits") ->
         )
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but {logits_name} is on {logits.device}")
-    if target.device.type == "cpu" and target.numel() > 0:
+    if check_range and target.device.type == "cpu" and target.numel() > 0:
         lo, hi = (int(v) for v in torch.aminmax(target))
         n_cls = logits.shape[1]
         if lo < 0 or hi >= n_cls:

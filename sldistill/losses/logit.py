@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -119,6 +120,8 @@ class _Coefs(NamedTuple):
     #: ``[n, nT, 1 or N]``: the constant rows of the gradients' coefficients (see ``_fused_block``):
     #: KD (``w / T``), CE (``ce_weight`` at ``T = 1``), detached pseudo-teacher (none, zeros)
     static: Tensor
+    #: ``[1, 1]``: ``-ce_weight``, the cross-entropy gradient's entry at the label
+    ce_neg: Tensor
 
 
 def _make_coefs(opts: _Extras, inv: Tensor, weight: Tensor) -> _Coefs:
@@ -132,7 +135,8 @@ def _make_coefs(opts: _Extras, inv: Tensor, weight: Tensor) -> _Coefs:
         rows.append(ce)
     if opts.pseudo == 2:
         rows.append(torch.zeros_like(inv))
-    return _Coefs(inv, weight, wi, torch.stack(torch.broadcast_tensors(*rows)))
+    ce_neg = inv.new_full((1, 1), -opts.ce_weight)
+    return _Coefs(inv, weight, wi, torch.stack(torch.broadcast_tensors(*rows)), ce_neg)
 
 
 @functools.lru_cache(maxsize=64)
@@ -191,7 +195,7 @@ class _FusedKL(torch.autograd.Function):
             st = _compute(torch.cat(views))
             s, t = st[: st.shape[0] // 2], st[st.shape[0] // 2 :]
         n_rows, n_cls = s.shape
-        inv, weight, wi, static = coefs
+        inv, weight, wi, static, ce_neg = coefs
         n_t = inv.shape[0]
         yy = None if y is None else y.unsqueeze(1)
         active = [0] + ([1] if opts.ce_index >= 0 else []) + ([2] if opts.pseudo else [])
@@ -199,7 +203,7 @@ class _FusedKL(torch.autograd.Function):
         rows = max(1, min(n_rows, _BLOCK_BYTES // max(1, n_t * n_cls * s.element_size())))
         buf = s.new_empty(n_t, rows, n_cls)
         if rows == n_rows:
-            acc = _fused_block(opts, inv, weight, wi, s, t, yy, buf, grads, static)
+            acc = _fused_block(opts, inv, weight, wi, s, t, yy, buf, grads, static, ce_neg)
         else:
             acc = [None, None, None]
             for i in range(0, n_rows, rows):
@@ -210,7 +214,7 @@ class _FusedKL(torch.autograd.Function):
 
                 values = _fused_block(
                     opts, inv, part(weight, 1), part(wi, 1), part(s), part(t), part(yy), buf[:, : j - i],
-                    part(grads), part(static, 2),
+                    part(grads), part(static, 2), ce_neg,
                 )
                 acc = [v if a is None else a + v for a, v in zip(acc, values)]
             if n_rows == 0:
@@ -233,18 +237,28 @@ class _FusedKL(torch.autograd.Function):
             if g_out[o] is not None:
                 grad = grads[:, i] * g_out[o] if grad is None else grad.addcmul_(grads[:, i], g_out[o])
         out = grad.split(ctx.split) if n_views > 1 else (grad,)
-        out = tuple(g if g.dtype == dt else g.to(dt) for g, dt in zip(out, ctx.dtypes))
+        if any(dt != grad.dtype for dt in ctx.dtypes):
+            out = tuple(g if g.dtype == dt else g.to(dt) for g, dt in zip(out, ctx.dtypes))
         return (None, None, None, *out, *([None] * n_views))
 
 
-def _exp_block(x: Tensor, inv: Tensor, out: Tensor) -> Tensor:
-    """``out[k, n, c] = exp(x[n, c] * inv[k])`` (``inv`` ``[nT, 1]``, ``out`` ``[nT, n, C]``)."""
-    return torch.mul(x.unsqueeze(0), inv.unsqueeze(2), out=out).exp_()
+def _exp_block(x: Tensor, inv3: Tensor, out: Tensor) -> Tensor:
+    """``out[k, n, c] = exp(x[n, c] * inv3[k])`` (``inv3`` ``[nT, 1, 1]``, ``out`` ``[nT, n, C]``)."""
+    return torch.mul(x, inv3, out=out).exp_()
+
+
+def _row_argmax(x: Tensor) -> Tensor:
+    """``x.argmax(1, keepdim=True)`` of a 2-D tensor without gradient. Contiguous float CPU
+    tensors go through NumPy, whose arg-max kernel is several times faster than torch's on
+    rows of this size; both return the first maximal index (a NaN counts as the maximum)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous():
+        return torch.from_numpy(x.numpy().argmax(1).astype(np.int64, copy=False)).unsqueeze(1)
+    return x.argmax(1, keepdim=True)
 
 
 def _fused_block(
     opts: _Extras, inv: Tensor, w: Tensor, wi: Tensor, s: Tensor, t: Tensor, yy: Optional[Tensor],
-    buf: Tensor, grads: Optional[Tensor], static: Optional[Tensor],
+    buf: Tensor, grads: Optional[Tensor], static: Optional[Tensor], ce_neg: Tensor,
 ) -> list[Optional[Tensor]]:
     """One block of rows of :class:`_FusedKL`: returns its ``[kd, ce, pseudo]`` partial values
     and writes the outputs' gradients w.r.t. ``s`` into ``grads`` (``[rows, n_active, C]``).
@@ -253,24 +267,25 @@ def _fused_block(
     per-row quantities below are ``[nT, rows]``."""
     # teacher, shifted by its max: d_t = t - max(t), then swapped in place (the arg-max's 0
     # goes to the label, the label's value to the arg-max), as processor "swap" would
+    inv3 = inv.unsqueeze(2)
     if opts.teacher_swap:
-        m_t, a_t = t.max(1, keepdim=True)  # first maximal index, like argmax
-        d_t = t - m_t
+        a_t = _row_argmax(t)
+        d_t = t - t.gather(1, a_t)
         d_y = d_t.gather(1, yy)
         d_t.scatter_(1, yy, 0.0).scatter_(1, a_t, d_y)
     else:
         d_t = t - t.amax(1, keepdim=True)
-    e = _exp_block(d_t, inv, buf)  # [nT, rows, C]
+    e = _exp_block(d_t, inv3, buf)  # [nT, rows, C]
     z_t = e.sum(-1)
     # P = sum_T w_T/T p^T: weight the teacher's exponentials in place and sum over T
     p_bar = e.mul_((wi / z_t).unsqueeze(2)).sum(0)
     # student (the buffer is reused)
     if opts.pseudo:
-        m_s, a_s = s.max(1, keepdim=True)
-        d_s = s - m_s
+        a_s = _row_argmax(s)
+        d_s = s - s.gather(1, a_s)
     else:
         d_s = s - s.amax(1, keepdim=True)
-    e = _exp_block(d_s, inv, buf)
+    e = _exp_block(d_s, inv3, buf)
     z_s = e.sum(-1)
     # sum_c P_c = sum_T w_T / T, so the max shifts' part of lse(x) - lse(u) folds into the dot
     kd = torch.dot(p_bar.flatten(), (d_t - d_s).flatten()) + (w * torch.log(z_s / z_t)).sum()
@@ -278,7 +293,7 @@ def _fused_block(
     if opts.ce_index >= 0 or opts.pseudo:
         d_y = d_s.gather(1, yy).t()  # s_y - s_a <= 0 ([1, rows]), 0 where the arg-max is the label
     if opts.ce_index >= 0:
-        ce = opts.ce_weight * (z_s[opts.ce_index].log().sum() - d_y.sum())
+        ce = (z_s[opts.ce_index].log() - d_y).sum() * opts.ce_weight
     if opts.pseudo:
         e_y = e.gather(2, yy.expand(e.shape[0], -1, 1)).squeeze(2)  # exp((s_y - s_a) / T)
         q_gap = (1.0 - e_y) / z_s  # q_a - q_y
@@ -294,7 +309,7 @@ def _fused_block(
         # sparse parts: entries at the label and at the arg-max
         o = 1
         if opts.ce_index >= 0:
-            grads[:, o].scatter_add_(1, yy, static[o, opts.ce_index : opts.ce_index + 1].neg().expand_as(yy))
+            grads[:, o].scatter_add_(1, yy, ce_neg.expand_as(yy))
             o += 1
         if opts.pseudo:
             h_sum = h.sum(0, keepdim=True)
@@ -609,9 +624,25 @@ def sld(
     _check_processor(teacher_processor, "teacher_processor")
     _check_processor(student_processor, "student_processor")
     temps = _temps(temperatures, "temperatures")
-    y1 = check_target(target, student_weak, "student_weak")
-    B = student_weak.shape[0]
+    # the label range is checked only if indexing with the labels fails (saves a host read)
+    y1 = check_target(target, student_weak, "student_weak", check_range=False)
+    try:
+        return _sld_terms(
+            student_weak, student_strong, teacher_weak, teacher_strong, y1, epoch, ce_weight, kd_weight, temps,
+            gamma, detach_pseudo_teacher, teacher_processor, student_processor,
+        )
+    except (RuntimeError, IndexError):
+        check_target(target, student_weak, "student_weak")  # an out-of-range label: a ValueError naming it
+        raise
 
+
+def _sld_terms(
+    student_weak: Tensor, student_strong: Tensor, teacher_weak: Tensor, teacher_strong: Tensor, y1: Tensor,
+    epoch: int, ce_weight: float, kd_weight: float, temps: list[float], gamma: float,
+    detach_pseudo_teacher: bool, teacher_processor: str, student_processor: str,
+) -> dict[str, Tensor]:
+    """The terms of :func:`sld` for validated inputs (labels ``y1`` not yet range-checked)."""
+    B = student_weak.shape[0]
     y2 = torch.cat([y1, y1])  # labels of the two views, concatenated
     dt, dev = _compute_dtype(student_weak), student_weak.device
     pseudo_on = epoch > gamma and student_processor != "none"
