@@ -247,3 +247,16 @@ def test_row_blocks_give_same_values_and_gradients(monkeypatch, epoch, detach):
     blocked = run()
     for a, b in zip(blocked, whole):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("label", [6, -1, 100])
+@pytest.mark.parametrize("kwargs", [{}, {"teacher_processor": "sort"}, {"teacher_processor": "zscore"},
+                                    {"teacher_processor": "none", "student_processor": "sort"}])
+def test_sld_out_of_range_label_is_a_value_error(label: int, kwargs: dict) -> None:
+    """sld checks the label range only when indexing with the labels fails; every path must
+    still end in the ValueError naming the valid range (before and after gamma)."""
+    s, ss, t, ts, _ = _views(b=4, c=6)
+    y = torch.tensor([0, 1, label, 2])
+    for epoch in (1, 151):
+        with pytest.raises(ValueError, match=r"target values must lie in \[0, 5\].*student_weak"):
+            losses.sld(s, ss, t, ts, y, epoch, **kwargs)

@@ -631,7 +631,7 @@ def sld(
             student_weak, student_strong, teacher_weak, teacher_strong, y1, epoch, ce_weight, kd_weight, temps,
             gamma, detach_pseudo_teacher, teacher_processor, student_processor,
         )
-    except (RuntimeError, IndexError):
+    except (RuntimeError, IndexError, ValueError):
         check_target(target, student_weak, "student_weak")  # an out-of-range label: a ValueError naming it
         raise
 
