@@ -224,20 +224,22 @@ class _FusedKL(torch.autograd.Function):
         ctx.active = active
         ctx.split = [v.shape[0] for v in views[:k]]
         ctx.dtypes = [v.dtype for v in views[:k]]
+        ctx.cast = any(dt != s.dtype for dt in ctx.dtypes)  # 16-bit inputs: gradients cast back
         return tuple(acc)
 
     @staticmethod
     def backward(ctx, *g_out: Optional[Tensor]):  # type: ignore[override]
         n_views = len(ctx.split)
-        if not ctx.saved_tensors or all(g is None for g in g_out):
+        saved = ctx.saved_tensors
+        if not saved or all(g is None for g in g_out):
             return (None,) * (3 + 2 * n_views)
-        (grads,) = ctx.saved_tensors  # [N, n_active, C]
+        grads = saved[0]  # [N, n_active, C]
         grad = None
         for i, o in enumerate(ctx.active):
             if g_out[o] is not None:
                 grad = grads[:, i] * g_out[o] if grad is None else grad.addcmul_(grads[:, i], g_out[o])
-        out = grad.split(ctx.split) if n_views > 1 else (grad,)
-        if any(dt != grad.dtype for dt in ctx.dtypes):
+        out = grad.split_with_sizes(ctx.split) if n_views > 1 else (grad,)
+        if ctx.cast:
             out = tuple(g if g.dtype == dt else g.to(dt) for g, dt in zip(out, ctx.dtypes))
         return (None, None, None, *out, *([None] * n_views))
 
@@ -652,20 +654,14 @@ def _sld_terms(
         # The KD term reads the raw student logits: the cross-entropy (the T = 1 slot, added
         # with zero KD weight if 1 is not among the temperatures) and the swap pseudo-teacher
         # term share its exponentials, in one autograd function.
-        k_temps = temps if 1.0 in temps else [*temps, 1.0]
-        w_kd = tuple(kd_weight * T * T / B for T in temps) + (0.0,) * (len(k_temps) - len(temps))
         fused_pseudo = pseudo_on and student_processor == "swap"
-        opts = _Extras(
-            teacher_swap=teacher_processor == "swap",
-            ce_index=k_temps.index(1.0),
-            ce_weight=ce_weight / B,
-            pseudo=(2 if detach_pseudo_teacher else 1) if fused_pseudo else 0,
-        )
+        pseudo = (2 if detach_pseudo_teacher else 1) if fused_pseudo else 0
+        opts, coefs = _sld_plan(tuple(temps), float(kd_weight), float(ce_weight), B, teacher_processor == "swap",
+                                pseudo, dt, dev)
         if teacher_processor == "sort":
             teachers = tuple(get_processor("sort")(x.detach(), y1) for x in (teacher_weak, teacher_strong))
         else:
             teachers = (teacher_weak, teacher_strong)  # constants for _FusedKL
-        coefs = _const_coefs(opts, tuple(1.0 / T for T in k_temps), w_kd, dt, dev)
         loss_kd, loss_ce, loss_pseudo = _FusedKL.apply(opts, coefs, y2, student_weak, student_strong, *teachers)
         if pseudo_on and not fused_pseudo:
             s = torch.cat([_compute(student_weak), _compute(student_strong)])
@@ -682,6 +678,20 @@ def _sld_terms(
     if loss_pseudo is None:
         loss_pseudo = loss_kd.new_zeros(())
     return {"loss_ce": loss_ce, "loss_kd": loss_kd, "loss_pseudo": loss_pseudo}
+
+
+@functools.lru_cache(maxsize=64)
+def _sld_plan(
+    temps: tuple[float, ...], kd_weight: float, ce_weight: float, batch: int, teacher_swap: bool, pseudo: int,
+    dtype: torch.dtype, device: torch.device,
+) -> tuple[_Extras, _Coefs]:
+    """The :class:`_FusedKL` options and constants of an SLD call, built once per arguments:
+    the cross-entropy is the ``T = 1`` slot (added with zero KD weight if 1 is not among the
+    temperatures), the KD weights are ``kd_weight T^2 / B``."""
+    k_temps = temps if 1.0 in temps else (*temps, 1.0)
+    w_kd = tuple(kd_weight * T * T / batch for T in temps) + (0.0,) * (len(k_temps) - len(temps))
+    opts = _Extras(teacher_swap=teacher_swap, ce_index=k_temps.index(1.0), ce_weight=ce_weight / batch, pseudo=pseudo)
+    return opts, _const_coefs(opts, tuple(1.0 / T for T in k_temps), w_kd, dtype, device)
 
 
 def _pseudo_term(
