@@ -13,7 +13,7 @@ Timing: R rounds (default 15), each one batch of calls of the baseline then one 
 fastest round of each is reported. A batch is 100 calls at (64, 100) (about 170 ms of the
 baseline, 40 ms of ours) and 2 at (512, 1000), so that each figure is the steady per-call time:
 in short batches the first calls after switching implementations run with cold caches, which
-weighs on the faster side (with 20-call batches ours measured 3.7-3.8x at (64, 100)).
+weighs on the faster side (with 20-call batches ours measures about 3.9x at (64, 100)).
 
 Targets: at least 4x at logits (64, 100) and 2x at (512, 1000). Last, ours is timed on
 (2, 2) logits: the same PyTorch calls on near-empty tensors, i.e. the per-call part of its
