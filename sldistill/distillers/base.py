@@ -114,8 +114,7 @@ class Distiller(nn.Module):
         the device busy, and CPU bf16 (autocast) kernels are no faster in chunks."""
         if self.teacher_chunk >= 0:
             return self.teacher_chunk
-        fp32_cpu = (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                    and not torch.is_autocast_enabled("cpu"))
+        fp32_cpu = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not _cpu_autocast_on()
         return CPU_TEACHER_CHUNK if fp32_cpu else 0
 
     def forward_teacher_module(self, probe: Tensor | None = None) -> nn.Module:
@@ -314,6 +313,14 @@ def _diff(a: Any, b: Any, where: str) -> str:
 #: chunks than as one 128-row batch (a chunk's activations stay in cache), and no slower than
 #: in 16- or 64-row ones; in a whole SLD step that is a few percent
 CPU_TEACHER_CHUNK = 32
+
+
+def _cpu_autocast_on() -> bool:
+    """Whether CPU autocast is active (``is_autocast_enabled(device)`` needs torch >= 2.4)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # older torch
+        return torch.is_autocast_cpu_enabled()
 
 
 def _teacher_chunk(value: Any) -> int:
