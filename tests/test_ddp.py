@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sldistill.engine.distributed import init_distributed
+from sldistill.engine.distributed import barrier, cleanup_distributed, init_distributed
 from sldistill.engine.trainer import Trainer
 from test_trainer import RandomImages, TinyKD, TinyNet, make_cfg
 
@@ -54,7 +54,8 @@ def _worker(rank: int, port: int, out_dir: str, trainer_names: list[str]) -> Non
                  if p.requires_grad}
         torch.save({"terms": {k: v.detach() for k, v in terms.items()}, "grads": grads},
                    Path(out_dir) / f"{trainer_name}_rank{rank}.pt")
-    torch.distributed.destroy_process_group()
+    barrier()  # as sldistill.engine.run does: no rank tears the group down while its peer is in it
+    cleanup_distributed()
 
 
 def _reference(cfg, trainer_name: str):

@@ -17,6 +17,7 @@ import torch
 from sldistill.engine.config import format_config, run_dir as config_run_dir, save_config, unreleased_reason
 from sldistill.engine.distributed import (
     DistInfo,
+    barrier,
     cleanup_distributed,
     init_distributed,
     per_process_batch,
@@ -127,7 +128,11 @@ def train(cfg: Any, *, resume: bool = False, stop_flag: StopFlag = STOP, log_int
                           train_sampler=getattr(loaders, "train_sampler", None), resume=resume,
                           log_interval=log_interval, stop_after_epoch=stop_after_epoch, stop_flag=stop_flag,
                           logger=logger)
-        return trainer.fit()
+        result = trainer.fit()
+        # every rank finishes before the group is torn down: a gloo rank that destroys it
+        # while its peer is still inside the group can abort the peer at exit
+        barrier()
+        return result
     finally:
         cleanup_distributed()
 
