@@ -1,5 +1,9 @@
 """Feature distillers: reference vectors through the classes, connectors, gradients,
-memory bank, warm-up, checkpoints, training on a fixed batch."""
+memory bank, warm-up, checkpoints, training on a fixed batch.
+
+The configs here are built from the distillers' own ``config`` declarations
+(:func:`declared_cfg`), not from the engine, so a key a distiller reads without declaring
+it fails these tests."""
 from __future__ import annotations
 
 import copy
@@ -7,12 +11,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from test_losses_feature import _t, check_against_expected
 from torch import nn
 
 from sldistill.distillers import build_distiller, get_distiller_class
-from sldistill.engine.config import get_defaults
-
-from test_losses_feature import _t, check_against_expected
 
 FEATURE_TYPES = ["FITNET", "AT", "NST", "PKT", "KDSVD", "OFD", "RKD", "VID", "SP", "CRD", "REVIEWKD"]
 CONNECTOR_TYPES = {"FITNET": ["conv_reg"], "OFD": ["connectors"], "VID": ["regressors"],
@@ -74,11 +76,38 @@ class TinyNet(nn.Module):
         return nn.ModuleList([*self.convs, *self.bns])
 
 
+class Cfg(dict):
+    """A nested dict with attribute access (the shape of the engine's config object)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+
+def declared_cfg(kind: str = "NONE") -> Cfg:
+    """Defaults of every key the feature distillers declare, plus the two engine keys they
+    read (``DATASET.TYPE``, ``DATASET.TRAIN_SUBSET``) and ``DISTILLER.TYPE``."""
+    cfg = Cfg(DATASET=Cfg(TYPE="cifar100", TRAIN_SUBSET=0), DISTILLER=Cfg(TYPE=kind))
+    for name in FEATURE_TYPES:
+        for dotted, key in get_distiller_class(name).config.items():
+            *path, leaf = dotted.split(".")
+            node = cfg
+            for part in path:
+                node = node.setdefault(part, Cfg())
+            node[leaf] = copy.deepcopy(key.default)
+    return cfg
+
+
 SIZE = 16  # input side of the tiny models: feats 16, 16, 8, 4
 
 
 def tiny_cfg(kind: str):
-    cfg = get_defaults()
+    cfg = declared_cfg(kind)
     cfg.DISTILLER.TYPE = kind
     cfg.FITNET.INPUT_SIZE = [SIZE, SIZE]
     cfg.VID.INPUT_SIZE = [SIZE, SIZE]
@@ -118,7 +147,7 @@ def step_loss(d, seed=0, epoch=1):
 def test_reference_cases_through_distillers(feature_vectors):
     for case in feature_vectors:
         i, p = case["inputs"], case["params"]
-        cfg = get_defaults()
+        cfg = declared_cfg(case["distiller"])
         sec = cfg[case["distiller"]]
         for key, value in p.items():
             node, *rest = key.split(".") if "." in key else [key]
@@ -128,7 +157,6 @@ def test_reference_cases_through_distillers(feature_vectors):
                 sec[node].update(value)
             else:
                 sec[node] = value
-        cfg.DISTILLER.TYPE = case["distiller"]
         student = Fixed(_t(i["student_logits"]), [_t(f) for f in i["student_feats"]], _t(i["student_pooled"]), True)
         teacher = Fixed(_t(i["teacher_logits"]), [_t(f) for f in i["teacher_feats"]], _t(i["teacher_pooled"]), False)
         d = build_distiller(cfg, student, teacher)
@@ -222,7 +250,6 @@ def test_fitnet_bad_hint_layer():
 @pytest.mark.parametrize("kind", ["AT", "NST", "SP", "KDSVD", "PKT", "RKD", "FITNET", "OFD"])
 def test_zero_when_student_equals_teacher(kind):
     d = make(kind)
-    d.fold_teacher_bn = False  # the exact teacher: its BN-folded copy differs by float rounding (~1e-6)
     d.student = copy.deepcopy(d.teacher)
     for p in d.student.parameters():
         p.requires_grad_(True)
@@ -231,7 +258,7 @@ def test_zero_when_student_equals_teacher(kind):
     if kind == "OFD":
         d.connectors = nn.ModuleList(nn.Identity() for _ in d.connectors)
     d.train()
-    d.student.eval()  # same BN statistics as the (eval-mode) teacher
+    d.student.train(d.teacher.training)  # the teacher's BN mode (OFD's teacher trains, as released)
     _, terms = step_loss(d)
     assert float(terms["loss_kd"].detach()) == pytest.approx(0.0, abs=1e-6)
     d2 = make(kind)
@@ -248,7 +275,7 @@ def test_gradients_reach_student_and_connectors_not_teacher(kind):
     terms["loss_kd"].backward()
     assert all(p.grad is None for p in d.teacher.parameters())
     assert not any(p.requires_grad for p in d.teacher.parameters())
-    assert not d.teacher.training
+    assert d.teacher.training == (not d.teacher_eval)  # only OFD's teacher trains (released)
     conv_grads = [p.grad for p in d.student.convs.parameters()]
     assert any(g is not None and float(g.abs().sum()) > 0 for g in conv_grads)
     for name in CONNECTOR_TYPES.get(kind, []):
@@ -284,8 +311,8 @@ def test_checkpoint_roundtrip_with_connectors(kind, tmp_path):
     sum(terms.values()).backward()
     opt.step()
     path = tmp_path / "ckpt.pth"
-    torch.save({"model": d.student.state_dict(),
-                "distiller": {k: v for k, v in d.state_dict().items() if not k.startswith(("student.", "teacher."))}}, path)
+    extra = {k: v for k, v in d.state_dict().items() if not k.startswith(("student.", "teacher."))}
+    torch.save({"model": d.student.state_dict(), "distiller": extra}, path)
     fresh = make(kind, seed=1)
     ckpt = torch.load(path)
     fresh.student.load_state_dict(ckpt["model"])

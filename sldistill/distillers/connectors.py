@@ -14,41 +14,71 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["probe_features", "probe_input_size", "ConvReg", "ConvBNConnector", "VIDRegressor", "Embed", "ABF"]
+__all__ = ["probe_features", "probe_pair", "probe_input_size", "ConvReg", "ConvBNConnector", "VIDRegressor",
+           "Embed", "ABF"]
 
 
-def probe_input_size(cfg: Any, section: str | None = None) -> tuple[int, int]:
-    """Input size for the shape probe: 224x224 for ImageNet, else ``cfg.<section>.INPUT_SIZE``
-    when that key exists (FITNET, VID), else 32x32 (the CIFAR family)."""
+def probe_input_size(cfg: Any, input_size: Sequence[int] | None = None) -> tuple[int, int]:
+    """Input size for the shape probe: 224x224 for ImageNet, else ``input_size`` when given
+    (FITNET's and VID's ``INPUT_SIZE``), else 32x32 (the CIFAR family)."""
     if str(cfg.DATASET.TYPE).lower() == "imagenet":
         return (224, 224)
-    if section is not None and "INPUT_SIZE" in cfg[section]:
-        size = cfg[section].INPUT_SIZE
-        if len(size) != 2:
-            raise ValueError(f"{section}.INPUT_SIZE must be [H, W], got {size!r}")
-        return (int(size[0]), int(size[1]))
+    if input_size is not None:
+        if len(input_size) != 2:
+            raise ValueError(f"the probe's INPUT_SIZE must be [H, W], got {list(input_size)!r}")
+        return (int(input_size[0]), int(input_size[1]))
     return (32, 32)
 
 
-@torch.no_grad()
-def probe_features(model: nn.Module, input_size: Sequence[int]) -> dict[str, Any]:
-    """Run ``model`` once (eval mode, no grad, batch 1) on a zero image of ``input_size`` and
-    return the shapes: ``{"feats": [...], "preact_feats": [...], "pooled_feat": shape}``.
-    The model's train/eval mode is restored afterwards (no BN statistics are touched)."""
-    was_training = model.training
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    model.eval()
-    try:
-        _, feats = model(torch.zeros(1, 3, *input_size, device=device, dtype=dtype))
-    finally:
-        model.train(was_training)
+def _shapes(feats: dict) -> dict[str, Any]:
     return {
         "feats": [tuple(f.shape) for f in feats.get("feats", [])],
         "preact_feats": [tuple(f.shape) for f in feats.get("preact_feats", feats.get("feats", []))],
         "pooled_feat": tuple(feats["pooled_feat"].shape) if "pooled_feat" in feats else None,
     }
+
+
+def _place(model: nn.Module, x: Tensor) -> Tensor:
+    """``x`` on the device, and in the floating dtype, of ``model``'s first parameter."""
+    param = next(iter(model.parameters()), None)
+    if param is None:
+        return x
+    return x.to(param.device, param.dtype if param.is_floating_point() else x.dtype)
+
+
+@torch.no_grad()
+def probe_features(model: nn.Module, input_size: Sequence[int], train_mode: bool = False,
+                   image: Tensor | None = None) -> dict[str, Any]:
+    """Run ``model`` once (no grad, batch 1) and return the feature shapes:
+    ``{"feats": [...], "preact_feats": [...], "pooled_feat": shape}``.
+
+    By default the forward runs in eval mode on a zero image of ``input_size``, so no
+    batch-norm statistic moves. ``train_mode=True`` runs it in train mode on ``image`` (a
+    random image when ``None``), which updates the model's BatchNorm running statistics as a
+    training step would. Either way the model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    if image is None:
+        image = torch.randn(1, 3, *input_size) if train_mode else torch.zeros(1, 3, *input_size)
+    model.train(train_mode)
+    try:
+        _, feats = model(_place(model, image))
+    finally:
+        model.train(was_training)
+    return _shapes(feats)
+
+
+def probe_pair(student: nn.Module, teacher: nn.Module, input_size: Sequence[int],
+               train_mode: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Feature shapes of the student and the teacher (see :func:`probe_features`).
+
+    ``train_mode=True`` is the FitNet/VID releases' probe: both models, in train mode, see the
+    same ``torch.randn`` image (drawn on the CPU from the global generator), so both models'
+    BatchNorm running statistics move once, as they do when the released constructors run.
+    """
+    image = torch.randn(1, 3, *input_size) if train_mode else None
+    return (probe_features(student, input_size, train_mode, image),
+            probe_features(teacher, input_size, train_mode, image))
 
 
 class ConvReg(nn.Module):
@@ -94,6 +124,8 @@ class VIDRegressor(nn.Module):
     ``log_scale`` of the predicted variance. As released, ``log_scale`` stays at its initial
     value (it is not handed to the optimiser), so it is a buffer here: saved, not learned."""
 
+    log_scale: Tensor
+
     def __init__(self, s_channels: int, t_channels: int, init_pred_var: float = 5.0, eps: float = 1e-5) -> None:
         super().__init__()
         self.regressor = nn.Sequential(
@@ -130,15 +162,15 @@ class ABF(nn.Module):
 
     def __init__(self, in_channel: int, mid_channel: int, out_channel: int, fuse: bool) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(in_channel, mid_channel, 1, bias=False), nn.BatchNorm2d(mid_channel))
-        self.conv2 = nn.Sequential(
-            nn.Conv2d(mid_channel, out_channel, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(out_channel)
-        )
+        conv1 = nn.Conv2d(in_channel, mid_channel, 1, bias=False)
+        conv2 = nn.Conv2d(mid_channel, out_channel, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Sequential(conv1, nn.BatchNorm2d(mid_channel))
+        self.conv2 = nn.Sequential(conv2, nn.BatchNorm2d(out_channel))
         self.att_conv = (
             nn.Sequential(nn.Conv2d(mid_channel * 2, 2, kernel_size=1), nn.Sigmoid()) if fuse else None
         )
-        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+        nn.init.kaiming_uniform_(conv1.weight, a=1)
+        nn.init.kaiming_uniform_(conv2.weight, a=1)
 
     def forward(self, x: Tensor, residual: Tensor | None = None, shape: int | None = None,
                 out_shape: int | None = None) -> tuple[Tensor, Tensor]:

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from sldistill.distillers.base import register
 from sldistill.distillers.connectors import Embed, probe_features, probe_input_size
-from sldistill.distillers.feature_base import FeatureDistiller
+from sldistill.distillers.feature_base import FeatureDistiller, loss_weights
 from sldistill.losses.feature import crd_nce
+from sldistill.options import Key
 
 __all__ = ["CRD", "ContrastMemory", "TRAIN_SET_SIZES"]
 
@@ -33,6 +34,10 @@ class ContrastMemory(nn.Module):
     ``[num_data, dim]`` buffers (checkpointed, never optimised), and the normalisation
     constants ``Z`` fixed at the first forward (stored in the ``params`` buffer as released:
     ``[K, T, Z_v1, Z_v2, momentum]``)."""
+
+    params: Tensor
+    memory_v1: Tensor
+    memory_v2: Tensor
 
     def __init__(self, dim: int, num_data: int, k: int, temperature: float = 0.07, momentum: float = 0.5) -> None:
         super().__init__()
@@ -72,7 +77,7 @@ class ContrastMemory(nn.Module):
 def _num_data(cfg: Any, num_data: int | None) -> int:
     if num_data is not None:
         return int(num_data)
-    if int(cfg.DATASET.get("TRAIN_SUBSET", 0) or 0) > 0:  # subsets are re-indexed from 0
+    if int(cfg.DATASET.TRAIN_SUBSET) > 0:  # subsets are re-indexed from 0
         return int(cfg.DATASET.TRAIN_SUBSET)
     kind = str(cfg.DATASET.TYPE).lower()
     if kind in TRAIN_SET_SIZES:
@@ -97,6 +102,19 @@ class CRD(FeatureDistiller):
 
     section = "CRD"
     needs = ("index", "contrast_index")
+    config = {
+        "CRD.MODE": Key("exact", "How the loaders pick the positive: exact = the sample itself, relax = a "
+                                 "random training sample of the same class.", choices=("exact", "relax")),
+        "CRD.FEAT.DIM": Key(128, "Dimension of the contrastive embeddings.", gt=0),
+        "CRD.FEAT.STUDENT_DIM": Key(256, "Published key, checked against the student's pooled-feature size "
+                                         "(on a mismatch it warns and uses the measured size)."),
+        "CRD.FEAT.TEACHER_DIM": Key(256, "Published key, checked against the teacher's pooled-feature size "
+                                         "(on a mismatch it warns and uses the measured size)."),
+        "CRD.NCE.K": Key(16384, "Negatives scored per sample.", gt=0),
+        "CRD.NCE.MOMENTUM": Key(0.5, "Momentum of the memory-bank update."),
+        "CRD.NCE.TEMPERATURE": Key(0.07, "Temperature of the contrastive scores.", gt=0),
+        **loss_weights("CRD", 0.8),
+    }
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any, num_data: int | None = None) -> None:
         super().__init__(student, teacher, cfg)

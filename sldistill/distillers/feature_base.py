@@ -1,8 +1,9 @@
 """Shared skeleton of the single-view feature distillers: ``loss_ce`` + ``loss_kd``.
 
-A subclass names its config section (``AT``, ``NST``, ...) and implements
-:meth:`FeatureDistiller.feature_loss` on the student's and teacher's feature dicts; the
-weights ``<SECTION>.LOSS.CE_WEIGHT`` and ``<SECTION>.LOSS.FEAT_WEIGHT`` are applied here.
+A subclass names its config section (``AT``, ``NST``, ...), declares its keys (the two loss
+weights come from :func:`loss_weights`) and implements :meth:`FeatureDistiller.feature_loss`
+on the student's and teacher's feature dicts; the weights ``<SECTION>.LOSS.CE_WEIGHT`` and
+``<SECTION>.LOSS.FEAT_WEIGHT`` are applied here.
 """
 from __future__ import annotations
 
@@ -12,8 +13,37 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sldistill.distillers.base import Distiller, LossTerms
+from sldistill.options import Key
 
-__all__ = ["FeatureDistiller"]
+__all__ = ["FeatureDistiller", "loss_weights", "input_size_key", "probe_mode_key"]
+
+
+def loss_weights(section: str, feat_weight: float, ce_weight: float = 1.0) -> dict[str, Key]:
+    """The ``<section>.LOSS.CE_WEIGHT`` / ``FEAT_WEIGHT`` declarations with these defaults."""
+    return {
+        f"{section}.LOSS.CE_WEIGHT": Key(float(ce_weight), "Weight of the student's cross-entropy term.",
+                                         kind="float"),
+        f"{section}.LOSS.FEAT_WEIGHT": Key(float(feat_weight), "Weight of the feature-distillation term.",
+                                           kind="float"),
+    }
+
+
+def _height_width(v: list) -> str | None:
+    return None if len(v) == 2 else f"must be [H, W] (two values), got {v!r}"
+
+
+def input_size_key(what: str) -> Key:
+    """``INPUT_SIZE`` of FITNET/VID: the probe image's [H, W] (ImageNet always probes 224x224)."""
+    return Key([32, 32], f"[H, W] of the probe image whose feature shapes size {what} "
+                         "(ImageNet runs always probe at 224x224).", gt=0, check=_height_width)
+
+
+def probe_mode_key(method: str) -> Key:
+    """``PROBE_TRAIN_MODE`` of FITNET/VID (see :func:`sldistill.distillers.connectors.probe_pair`)."""
+    return Key(False, f"False: the constructor's shape probe runs in eval mode on a zero image (no "
+                      f"statistics move); True: in train mode on a random image, as the released "
+                      f"{method} does, which reproduces its side effect of moving the student's and "
+                      "teacher's BatchNorm running statistics once.")
 
 
 class FeatureDistiller(Distiller):
@@ -23,6 +53,7 @@ class FeatureDistiller(Distiller):
     """
 
     section: str = ""
+    num_views = 1
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
         super().__init__(student, teacher, cfg)

@@ -15,6 +15,7 @@ from sldistill.distillers.base import register
 from sldistill.distillers.connectors import ABF, probe_features, probe_input_size
 from sldistill.distillers.feature_base import FeatureDistiller
 from sldistill.losses.feature import hcl
+from sldistill.options import Key
 
 __all__ = ["REVIEWKD"]
 
@@ -30,6 +31,20 @@ class REVIEWKD(FeatureDistiller):
     """
 
     section = "REVIEWKD"
+    config = {
+        "REVIEWKD.CE_WEIGHT": Key(1.0, "Weight of the student's cross-entropy term."),
+        "REVIEWKD.REVIEWKD_WEIGHT": Key(1.0, "Weight of the review (hierarchical context) loss."),
+        "REVIEWKD.WARMUP_EPOCHS": Key(20, "Epochs over which the review loss ramps up linearly from 0."),
+        "REVIEWKD.SHAPES": Key([1, 8, 16, 32], "Spatial sizes of the student's levels, deepest first.", gt=0),
+        "REVIEWKD.OUT_SHAPES": Key([1, 8, 16, 32], "Spatial sizes of the teacher's levels, deepest first.", gt=0),
+        "REVIEWKD.IN_CHANNELS": Key([64, 128, 256, 256], "Channels of the student's levels, shallowest first.",
+                                    gt=0),
+        "REVIEWKD.OUT_CHANNELS": Key([64, 128, 256, 256], "Channels of the teacher's levels, shallowest first.",
+                                     gt=0),
+        "REVIEWKD.MAX_MID_CHANNEL": Key(512, "Published key, unused as in the release (the fusion width is "
+                                             "min(512, IN_CHANNELS[-1]))."),
+        "REVIEWKD.STU_PREACT": Key(False, "Read the student's pre-activation stage features."),
+    }
 
     def _loss_weights(self, cfg: Any) -> tuple[float, float]:
         return float(cfg.REVIEWKD.CE_WEIGHT), float(cfg.REVIEWKD.REVIEWKD_WEIGHT)
@@ -41,8 +56,9 @@ class REVIEWKD(FeatureDistiller):
         in_ch, out_ch = [int(c) for c in rc.IN_CHANNELS], [int(c) for c in rc.OUT_CHANNELS]
         n = len(in_ch)
         if not (len(out_ch) == len(self.shapes) == len(self.out_shapes) == n) or n < 1:
+            lengths = [len(in_ch), len(out_ch), len(self.shapes), len(self.out_shapes)]
             raise ValueError("REVIEWKD.IN_CHANNELS, OUT_CHANNELS, SHAPES and OUT_SHAPES must have the same "
-                             f"non-zero length, got {len(in_ch)}, {len(out_ch)}, {len(self.shapes)}, {len(self.out_shapes)}")
+                             f"non-zero length, got {', '.join(map(str, lengths))}")
         self.warmup_epochs = float(rc.WARMUP_EPOCHS)
         self.stu_preact = bool(rc.STU_PREACT)
         self._check_channels(student, teacher, cfg, in_ch, out_ch)
@@ -54,7 +70,8 @@ class REVIEWKD(FeatureDistiller):
         stages = feats["preact_feats"] if self.stu_preact else feats["feats"]
         return list(stages) + [feats["pooled_feat"][..., None, None]]
 
-    def _check_channels(self, student: nn.Module, teacher: nn.Module, cfg: Any, in_ch: list[int], out_ch: list[int]) -> None:
+    def _check_channels(self, student: nn.Module, teacher: nn.Module, cfg: Any, in_ch: list[int],
+                        out_ch: list[int]) -> None:
         size = probe_input_size(cfg)
         ps, pt = probe_features(student, size), probe_features(teacher, size)
         s_list = ps["preact_feats"] if self.stu_preact else ps["feats"]
@@ -64,7 +81,8 @@ class REVIEWKD(FeatureDistiller):
         if s_ch[-n:] != in_ch or t_ch != out_ch:
             raise ValueError(
                 f"REVIEWKD channels do not match the models: IN_CHANNELS {in_ch} vs student {s_ch[-n:]}, "
-                f"OUT_CHANNELS {out_ch} vs teacher {t_ch}; set REVIEWKD.IN_CHANNELS/OUT_CHANNELS (and SHAPES/OUT_SHAPES)"
+                f"OUT_CHANNELS {out_ch} vs teacher {t_ch}; "
+                "set REVIEWKD.IN_CHANNELS/OUT_CHANNELS (and SHAPES/OUT_SHAPES)"
             )
 
     def fuse(self, feats_s: dict) -> list[Tensor]:
