@@ -28,9 +28,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from sldistill.data import SPECS, ArrayDataset, BatchCollate, EpochSampler
 from sldistill.data.augment import RandomCropFlip, StrongAugment, pil_strong_augment
-from sldistill.data.datasets import SPECS, ArrayDataset
-from sldistill.data.loaders import BatchCollate, EpochSampler
 
 MEAN, STD = SPECS["cifar100"].mean, SPECS["cifar100"].std
 
@@ -53,7 +52,7 @@ class PILTwoView(Dataset):
         img = Image.fromarray(self.data[i])
         weak = self.finish(self.weak(img))
         strong = self.finish(pil_strong_augment(self.weak(img), self.rng))
-        return [weak, strong], int(self.targets[i]), i
+        return {"views": [weak, strong], "target": int(self.targets[i]), "index": i}  # our batch record
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
@@ -71,7 +70,8 @@ def _rate(loader: DataLoader, batches: int, warmup: int = 4) -> tuple[float, tor
         next(it)
     count, t0, stats = 0, time.perf_counter(), []
     for _ in range(batches):
-        views, target, index = next(it)
+        batch = next(it)
+        views, target = batch["views"], batch["target"]
         count += target.shape[0]
         stats.append(torch.stack([views[1].mean(), views[1].std(), (views[0] - views[1]).abs().mean()]))
     return count / (time.perf_counter() - t0), torch.stack(stats).mean(0)

@@ -191,6 +191,53 @@ def test_normalize_into_given_tensor_is_the_same_and_checked():
     got = normalize_batch(x, mean, std, out=out)
     assert got.data_ptr() == out.data_ptr() and torch.equal(got, ref)
     # the ToTensor + Normalize arithmetic
-    assert torch.equal(ref, ((x.float() / 255.0) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    m, sd = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.equal(ref, ((x.float() / 255.0) - m) / sd)
     with pytest.raises(ValueError, match="out must be float32 of shape"):
         normalize_batch(x, mean, std, out=torch.empty(5, 3, 6, 6))
+
+
+def test_augment_reexports_the_split_modules():
+    from sldistill.data import augment, pil_reference, strong_ops, transforms
+
+    assert augment.STRONG_OPS is strong_ops.STRONG_OPS and augment.pil_op is pil_reference.pil_op
+    assert augment.RandomCropFlip is transforms.RandomCropFlip
+    with pytest.raises(ValueError, match="unknown strong operation 'Invert'"):
+        pil_op("Invert", Image.new("RGB", (4, 4)), 0.0)
+
+
+def test_sized_views_follow_the_folder_rule():
+    from sldistill.data.transforms import RandomResizedCropFlip, ResizeRandomCropFlip, sized_views
+
+    img = Image.fromarray(np.random.default_rng(9).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    train, test = sized_views(32)
+    assert isinstance(train, ResizeRandomCropFlip) and train.inner.padding == 4
+    assert train(img, np.random.default_rng(0)).shape == test(img).shape == (32, 32, 3)
+    train, test = sized_views(96)
+    assert isinstance(train, RandomResizedCropFlip) and (test.resize, test.crop) == (110, 96)
+    with pytest.raises(ValueError, match="image size must be >= 1"):
+        sized_views(0)
+
+
+def test_collate_builds_named_records_and_strong_views_after_the_first():
+    from sldistill.data.collate import BatchCollate
+    from sldistill.data.datasets import Views
+
+    rng = np.random.default_rng(10)
+    items = [(Views([_image(rng) for _ in range(3)], epoch=2), i % 5, i) for i in range(6)]
+    collate = BatchCollate((0.5,) * 3, (0.25,) * 3, train=True, strong=StrongAugment(), seed=1)
+    batch = collate(items)
+    assert set(batch) == {"views", "target", "index"} and len(batch["views"]) == 3
+    assert batch["target"].tolist() == [i % 5 for i in range(6)] and batch["index"].tolist() == list(range(6))
+    raw = [torch.from_numpy(np.stack([it[0][v] for it in items])).permute(0, 3, 1, 2) for v in range(3)]
+    assert torch.equal(batch["views"][0], normalize_batch(raw[0], (0.5,) * 3, (0.25,) * 3))  # weak: untouched
+    assert all(not torch.equal(batch["views"][v], normalize_batch(raw[v], (0.5,) * 3, (0.25,) * 3))
+               for v in (1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(collate(items)["views"], batch["views"]))  # keyed, repeatable
+    with_contrast = collate([(v, t, i, np.arange(4) + i) for v, t, i in items])
+    assert with_contrast["contrast_index"].shape == (6, 4) and with_contrast["contrast_index"].dtype == torch.int64
+    val = BatchCollate((0.5,) * 3, (0.25,) * 3, train=False)
+    record = val([(Views([v[0]]), t, i) for v, t, i in items])
+    assert set(record) == {"image", "target"} and record["image"].shape == (6, 3, 32, 32)
+    with pytest.raises(ValueError, match="a validation item has one view, got 3"):
+        val(items)
