@@ -22,7 +22,7 @@ overflow), and the autograd graph is kept: gradients flow from the output back t
     deviation, as released. 16-bit inputs are standardised in float32 and cast back.
 
 Swap and sort only permute each row, so they commute with ``softmax`` (and with division by a
-temperature): ``softmax(swap(z) / T) == swap(softmax(z / T))``. The losses use this.
+temperature): ``softmax(swap(z) / T) == swap(softmax(z / T))``.
 
 ``PROCESSORS`` maps the names ``"none"``, ``"swap"``, ``"sort"``, ``"zscore"`` to functions
 ``f(logits, target) -> logits``; :func:`get_processor` looks a name up and raises
@@ -79,8 +79,7 @@ def check_target(target: object, logits: Tensor, logits_name: str = "logits", *,
     a 1-D integer tensor of length ``B``. The range ``0 <= y < C`` needs the label values, so
     it is checked only when ``target`` lives on the CPU; on an accelerator it is skipped to
     avoid a host synchronisation (an out-of-range label then fails inside the indexing kernel).
-    ``check_range=False`` skips it on the CPU too, for callers that index with the labels
-    anyway and re-check only when that indexing fails (see :func:`sldistill.losses.sld`).
+    ``check_range=False`` skips it on the CPU too (for callers that have checked already).
     """
     if not isinstance(target, Tensor):
         raise ValueError(f"target must be a torch.Tensor of integer labels, got {type(target).__name__}")

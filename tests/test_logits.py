@@ -112,7 +112,8 @@ def test_gradient_flows_through_permutation(name):
     out = L.PROCESSORS[name](z, y)
     (out * w).sum().backward()
     # out[i, j] = z[i, perm[i, j]]  =>  grad[i, perm[i, j]] = w[i, j]
-    perm = torch.stack([(z.detach()[i][None, :] == out.detach()[i][:, None]).float().argmax(1) for i in range(z.shape[0])])
+    zd, od = z.detach(), out.detach()
+    perm = torch.stack([(zd[i][None, :] == od[i][:, None]).float().argmax(1) for i in range(z.shape[0])])
     expected = torch.zeros_like(z).scatter_(1, perm, w)
     assert torch.allclose(z.grad, expected)
 

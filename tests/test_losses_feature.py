@@ -172,3 +172,80 @@ def test_crd_nce_formula():
 def test_fitnet_hint_shape_check():
     with pytest.raises(ValueError, match="teacher hint"):
         L.fitnet_hint(torch.randn(2, 3, 4, 4), torch.randn(2, 3, 2, 2))
+
+
+# ----------------------------------------------------------------- deterministic pooling
+
+
+@pytest.mark.parametrize(
+    "shape,size",
+    [((2, 3, 8, 8), 4), ((2, 3, 8, 8), (2, 4)), ((2, 3, 8, 8), 1), ((2, 3, 7, 7), 3), ((2, 3, 7, 7), 4),
+     ((1, 2, 5, 6), (3, 4)), ((2, 3, 6, 6), 4), ((3, 3, 5), 2), ((1, 2, 3, 3), 5)],
+)
+def test_adaptive_pool_equals_adaptive_avg_pool2d(shape, size):
+    """Values and gradients of adaptive_pool equal F.adaptive_avg_pool2d's, for sizes that
+    divide (avg_pool2d path) and sizes that do not (bin means), also channels_last."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    inputs = [x] + ([x.contiguous(memory_format=torch.channels_last)] if x.dim() == 4 else [])
+    for xi in inputs:
+        a, b = xi.clone().requires_grad_(True), xi.clone().requires_grad_(True)
+        got, want = L.adaptive_pool(a, size), F.adaptive_avg_pool2d(b, size)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+        w = torch.randn(want.shape, generator=g, dtype=torch.float64)
+        (got * w).sum().backward()
+        (want * w).sum().backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_adaptive_pool_keeps_dtype_under_autocast():
+    x = torch.randn(2, 3, 7, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = L.adaptive_pool(x, 3)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, F.adaptive_avg_pool2d(x, 3))
+    assert L.adaptive_pool(x.to(torch.bfloat16), 3).dtype == torch.bfloat16
+
+
+def test_losses_do_not_call_adaptive_avg_pool2d(monkeypatch):
+    """Resizing in at/nst/hcl goes through adaptive_pool (deterministic CUDA backward)."""
+    s = [torch.randn(2, 4, 4, 4), torch.randn(2, 4, 7, 7)]
+    t = [torch.randn(2, 4, 8, 8), torch.randn(2, 4, 10, 10)]  # 8 -> 4 divides, 10 -> 7 does not
+    h = [torch.randn(2, 4, 8, 8), torch.randn(2, 4, 7, 7)]  # hcl: equal shapes, pooled to 4, 2, 1
+    calls = {"at": (s, t), "nst": (s, t), "hcl": (h, [x.flip(0) for x in h])}
+    want = {name: getattr(L, name)(*args) for name, args in calls.items()}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("F.adaptive_avg_pool2d called")
+
+    monkeypatch.setattr(F, "adaptive_avg_pool2d", forbidden)
+    monkeypatch.setattr(torch.nn.functional, "adaptive_avg_pool2d", forbidden)
+    for name, value in want.items():
+        torch.testing.assert_close(getattr(L, name)(*calls[name]), value)
+
+
+def test_hcl_non_divisible_map():
+    f, g = torch.randn(2, 3, 7, 7, dtype=torch.float64), torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    pool = F.adaptive_avg_pool2d
+    want = (F.mse_loss(f, g) + 0.5 * F.mse_loss(pool(f, 4), pool(g, 4)) + 0.25 * F.mse_loss(pool(f, 2), pool(g, 2))
+            + 0.125 * F.mse_loss(pool(f, 1), pool(g, 1))) / 1.875
+    torch.testing.assert_close(L.hcl([f], [g]), want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_adaptive_pool_backward_is_deterministic_on_cuda():
+    """Under torch.use_deterministic_algorithms(True) the CUDA backward of adaptive_pool runs
+    (that of F.adaptive_avg_pool2d raises) and gives the CPU gradients."""
+    x = torch.randn(2, 3, 7, 10, dtype=torch.float64)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for size in (4, (7, 5), (3, 3)):
+            xc = x.cuda().requires_grad_(True)
+            L.adaptive_pool(xc, size).pow(2).sum().backward()
+            xr = x.clone().requires_grad_(True)
+            F.adaptive_avg_pool2d(xr, size).pow(2).sum().backward()
+            torch.testing.assert_close(xc.grad.cpu(), xr.grad, rtol=1e-12, atol=1e-14)
+    finally:
+        torch.use_deterministic_algorithms(previous)

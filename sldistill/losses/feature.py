@@ -10,7 +10,11 @@ Parameter-free losses: :func:`at`, :func:`nst`, :func:`sp`, :func:`kdsvd`, :func
 :func:`ofd_margin_loss` (+ :func:`ofd_margins`), :func:`vid_nll`, :func:`hcl`,
 :func:`crd_nce`.
 
-No function here synchronises with the host (no ``.item()``, no boolean-mask indexing).
+Every loss computes in float32 at least, also inside an autocast region (16-bit inputs are
+cast up, autocast is off inside; see :mod:`sldistill.losses.precision`). Maps are resized by
+:func:`adaptive_pool`, which equals ``F.adaptive_avg_pool2d`` but has a deterministic CUDA
+backward. No function here synchronises with the host (no ``.item()``, no boolean-mask
+indexing).
 """
 from __future__ import annotations
 
@@ -21,7 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sldistill.losses.precision import float32_loss
+
 __all__ = [
+    "adaptive_pool",
+    "match_spatial",
     "at",
     "nst",
     "sp",
@@ -45,14 +53,36 @@ def _check_pairs(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor
         )
 
 
+def _bins(n_in: int, n_out: int) -> list[tuple[int, int]]:
+    """Adaptive average pooling's bins: ``[floor(i n_in / n_out), ceil((i + 1) n_in / n_out))``."""
+    return [((i * n_in) // n_out, -(-(i + 1) * n_in // n_out)) for i in range(n_out)]
+
+
+def adaptive_pool(x: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Adaptive average pooling of ``x`` (``[B, C, H, W]`` or ``[C, H, W]``) to ``size``:
+    the same values as ``F.adaptive_avg_pool2d(x, size)``, with a deterministic backward on
+    CUDA (that of ``adaptive_avg_pool2d`` is not).
+
+    When the sizes divide, it is ``F.avg_pool2d`` with kernel = stride = input / output;
+    otherwise each output is the mean of its bin (:func:`_bins`), taken over rows, then
+    columns (a loop over the output size, not over the batch or channels).
+    """
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    h, w = x.shape[-2:]
+    if h % out_h == 0 and w % out_w == 0:
+        return F.avg_pool2d(x, (h // out_h, w // out_w))
+    rows = torch.stack([x[..., a:b, :].mean(-2) for a, b in _bins(h, out_h)], dim=-2)
+    return torch.stack([rows[..., a:b].mean(-1) for a, b in _bins(w, out_w)], dim=-1)
+
+
 def match_spatial(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
     """Average-pool the larger of two maps down to the smaller one's height (square output,
     as released)."""
     s_h, t_h = f_s.shape[2], f_t.shape[2]
     if s_h > t_h:
-        f_s = F.adaptive_avg_pool2d(f_s, (t_h, t_h))
+        f_s = adaptive_pool(f_s, (t_h, t_h))
     elif s_h < t_h:
-        f_t = F.adaptive_avg_pool2d(f_t, (s_h, s_h))
+        f_t = adaptive_pool(f_t, (s_h, s_h))
     return f_s, f_t
 
 
@@ -61,6 +91,7 @@ def _attention_map(feat: Tensor, p: float) -> Tensor:
     return F.normalize(feat.pow(p).mean(dim=1).flatten(1), dim=1)
 
 
+@float32_loss
 def at(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], p: float = 2) -> Tensor:
     """Attention transfer (Zagoruyko & Komodakis): per stage, the mean squared difference of
     L2-normalised spatial attention maps ``mean_c(f^p)``; summed over stages.
@@ -84,6 +115,7 @@ def _poly_kernel_mean(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
 
 
+@float32_loss
 def nst(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tensor:
     """Neuron selectivity transfer: squared MMD with a degree-2 polynomial kernel between the
     L2-normalised channel responses of student and teacher, summed over stages."""
@@ -100,6 +132,7 @@ def nst(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Ten
 
 
 # ----------------------------------------------------------------------------- SP
+@float32_loss
 def sp(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tensor:
     """Similarity preserving: squared Frobenius distance between the row-normalised batch
     similarity (Gram) matrices, divided by ``B**2``; summed over the given stages (the
@@ -126,10 +159,7 @@ def _top_singular(feat: Tensor, n: int) -> tuple[Tensor, Tensor]:
     if feat.dim() != 4:
         raise ValueError(f"kdsvd needs 4-d stage features [B, C, H, W], got shape {tuple(feat.shape)}")
     b, c, h, w = feat.shape
-    x = feat.reshape(b, c * h, w)
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
-    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    _, s, vh = torch.linalg.svd(feat.reshape(b, c * h, w), full_matrices=False)
     s, v = _finite(s), _finite(vh.transpose(-2, -1))
     return F.normalize(s[:, :n], dim=1), F.normalize(v[:, :, :n], dim=1)
 
@@ -142,6 +172,7 @@ def _align_signs(v_s: Tensor, v_t: Tensor) -> Tensor:
     return v_s @ mask
 
 
+@float32_loss
 def kdsvd(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], k: int = 1) -> Tensor:
     """Self-supervised KD with SVD (Lee et al.): the teacher's ``k`` leading right singular
     vectors (the student's ``k+3``, sign-aligned to the teacher's), scaled by the teacher's
@@ -156,7 +187,7 @@ def kdsvd(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], k: i
         v_s = _align_signs(v_s, v_t)
         scale = s_t.unsqueeze(1)
         v_t, v_s = v_t * scale, v_s * scale
-        if prev_s is not None:
+        if prev_s is not None and prev_t is not None:
             rbf_s = torch.exp(-(v_s.unsqueeze(2) - prev_s.unsqueeze(1)).pow(2) / 8)
             rbf_t = torch.exp(-(v_t.unsqueeze(2) - prev_t.unsqueeze(1)).pow(2) / 8)
             total = total + _finite((rbf_s - rbf_t.detach()).pow(2)).sum().to(total.dtype)
@@ -165,6 +196,7 @@ def kdsvd(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], k: i
 
 
 # ----------------------------------------------------------------------------- PKT
+@float32_loss
 def pkt(student_embedding: Tensor, teacher_embedding: Tensor, eps: float = 1e-7) -> Tensor:
     """Probabilistic knowledge transfer: KL divergence between the teacher's and the
     student's conditional probability distributions built from cosine similarities
@@ -201,6 +233,7 @@ def _angles(e: Tensor) -> Tensor:
     return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
 
 
+@float32_loss
 def rkd(
     student_embedding: Tensor,
     teacher_embedding: Tensor,
@@ -229,6 +262,7 @@ def rkd(
 
 
 # ----------------------------------------------------------------------------- with connectors
+@float32_loss
 def fitnet_hint(student_regressed: Tensor, teacher_feat: Tensor) -> Tensor:
     """FitNets hint loss: mean squared error between the regressed student hint and the
     teacher's hint feature (shapes must agree)."""
@@ -252,6 +286,7 @@ def ofd_margins(bn_weight: Tensor, bn_bias: Tensor) -> Tensor:
     return margin.float().reshape(1, -1, 1, 1)
 
 
+@float32_loss
 def ofd_margin_loss(student: Tensor, teacher: Tensor, margin: Tensor) -> Tensor:
     """OFD's partial L2 distance: no penalty where the teacher is below the margin and the
     student is too (ReLU discards it); summed over channels/positions, averaged over batch."""
@@ -265,6 +300,7 @@ def ofd_margin_loss(student: Tensor, teacher: Tensor, margin: Tensor) -> Tensor:
     return loss.abs().mean(dim=0).sum()
 
 
+@float32_loss
 def vid_nll(pred_mean: Tensor, teacher_feat: Tensor, log_scale: Tensor, eps: float = 1e-5) -> Tensor:
     """VID: Gaussian negative log-likelihood (up to a constant) of the teacher feature under
     the student's predicted mean and per-channel variance ``softplus(log_scale) + eps``."""
@@ -272,6 +308,7 @@ def vid_nll(pred_mean: Tensor, teacher_feat: Tensor, log_scale: Tensor, eps: flo
     return (0.5 * ((pred_mean - teacher_feat.detach()).pow(2) / var + torch.log(var))).mean()
 
 
+@float32_loss
 def hcl(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tensor:
     """ReviewKD's hierarchical context loss: per stage, MSE at full resolution plus MSE of
     4x4, 2x2 and 1x1 average-pooled maps (levels smaller than the map, weights 1/2, 1/4,
@@ -286,12 +323,13 @@ def hcl(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Ten
             if level >= h:
                 continue
             weight /= 2.0
-            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(f_s, level), F.adaptive_avg_pool2d(f_t, level))
+            loss = loss + weight * F.mse_loss(adaptive_pool(f_s, level), adaptive_pool(f_t, level))
             weight_sum += weight
         total = total + loss / weight_sum
     return total
 
 
+@float32_loss
 def crd_nce(scores: Tensor, num_data: int, eps: float = 1e-7) -> Tensor:
     """CRD's NCE loss on ``scores`` ``[B, K+1, ...]`` (column 0 the positive, the others the
     ``K`` negatives), with a uniform noise distribution over ``num_data`` samples."""
