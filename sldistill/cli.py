@@ -30,7 +30,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["main", "build_parser", "SUBCOMMANDS", "cmd_train", "cmd_eval", "cmd_configs", "cmd_demo", "cmd_sweep", "cmd_bench"]
+__all__ = ["main", "build_parser", "SUBCOMMANDS", "cmd_train", "cmd_eval", "cmd_configs", "cmd_methods", "cmd_demo",
+           "cmd_sweep", "cmd_bench"]
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -38,22 +39,43 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool) -> None:
                    help="experiment YAML (ours under configs/, or a published one unchanged)")
     p.add_argument("--base", default=None, metavar="NAME",
                    help="which published codebase's defaults the file assumes (default: the file's BASE key, else sld)")
+    _add_plugin_arg(p)
     p.add_argument("opts", nargs="*", metavar="KEY VALUE",
                    help="config overrides: KEY VALUE pairs (SOLVER.LR 0.1) or KEY=VALUE")
+
+
+def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (repeatable), so that the distillers, models and datasets it "
+                        "registers can be used; also the config key EXPERIMENT.PLUGINS")
 
 
 def _load_cfg(args: argparse.Namespace):
     from sldistill.engine.config import load_config
 
-    return load_config(args.cfg, list(args.opts or []), base=args.base)
+    opts = list(args.opts or [])
+    cfg_file = args.cfg
+    if cfg_file is None and opts and _looks_like_config(opts[0]):
+        cfg_file = opts.pop(0)  # `sldistill train cifar100/sld/resnet32x4_resnet8x4`
+    return load_config(cfg_file, opts, base=args.base, plugins=list(args.plugin or []))
+
+
+def _looks_like_config(item: str) -> bool:
+    """A positional item that names a config file rather than an override key."""
+    import re
+
+    return bool(item) and (item.endswith((".yaml", ".yml")) or "/" in item) and \
+        not re.match(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+(=|$)", item)
 
 
 # ---------------------------------------------------------------------------- train
 def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """``sldistill train --cfg FILE [--resume] [KEY VALUE ...]``."""
     p = sub.add_parser("train", help="train a student as a config says (torchrun-aware)",
-                       description="Train a student with the distiller, data and schedule of a config file.")
-    _add_config_args(p, required=True)
+                       description="Train a student with the distiller, data and schedule of a config file "
+                                   "(--cfg FILE, or the file as the first argument: `sldistill train "
+                                   "cifar100/sld/resnet32x4_resnet8x4`); without one, the defaults.")
+    _add_config_args(p, required=False)
     p.add_argument("--resume", action="store_true", help="continue from <run dir>/latest.pth")
     p.add_argument("--logit-stand", action="store_true",
                    help="logit standardization as the logit-standardization release's flag (z-score logits, "
@@ -115,14 +137,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError("give either --run DIR, or --model NAME with --ckpt FILE, not both")
         run = Path(args.run)
         if not (run / "config.yaml").is_file():
-            raise FileNotFoundError(f"--run {run}: no config.yaml there (is it a run folder written by sldistill train?)")
-        cfg = load_config(args.cfg or (run / "config.yaml"), list(args.opts or []), base=args.base)
+            raise FileNotFoundError(f"--run {run}: no config.yaml there (is it a run folder written by "
+                                    "sldistill train?)")
+        cfg = load_config(args.cfg or (run / "config.yaml"), list(args.opts or []), base=args.base,
+                          plugins=list(args.plugin or []))
         model, ckpt = str(cfg.DISTILLER.STUDENT), run / f"{args.which}.pth"
     else:
         if not (args.model and args.ckpt):
             raise ValueError("sldistill eval needs --model NAME and --ckpt FILE (with --cfg FILE for the dataset), "
                              "or --run DIR")
-        cfg = load_config(args.cfg, list(args.opts or []), base=args.base)
+        cfg = load_config(args.cfg, list(args.opts or []), base=args.base, plugins=list(args.plugin or []))
         model, ckpt = args.model, Path(args.ckpt)
     res = evaluate_checkpoint(cfg, model, ckpt)
     if args.json:
@@ -147,6 +171,40 @@ def cmd_configs(args: argparse.Namespace) -> int:
     from sldistill.engine.config import format_config_list
 
     print(format_config_list(args.root))
+    return 0
+
+
+# ---------------------------------------------------------------------------- methods
+def add_methods_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``sldistill methods [--plugin MODULE] [--keys]``: the registered distillers."""
+    p = sub.add_parser("methods", help="list the registered distillers (with --plugin: yours too)",
+                       description="List every registered DISTILLER.TYPE: its views, the extra batch items it "
+                                   "needs, its aliases and (with --keys) the config keys it declares.")
+    _add_plugin_arg(p)
+    p.add_argument("--keys", action="store_true", help="also list each method's config keys and defaults")
+    p.set_defaults(func=cmd_methods)
+    return p
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """Run ``sldistill methods``."""
+    from sldistill.distillers.base import Unreleased, _owners
+    from sldistill.engine.config import load_plugins
+
+    load_plugins(list(args.plugin or []), "--plugin")
+    for name, cls in _owners():
+        if issubclass(cls, Unreleased):
+            continue
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        extra = [f"views {cls.num_views}"]
+        if cls.needs:
+            extra.append("needs " + ", ".join(cls.needs))
+        if cls.aliases:
+            extra.append("aliases " + ", ".join(cls.aliases))
+        print(f"{name:10s} {'; '.join(extra):40s} {doc}")
+        if args.keys:
+            for key, spec in cls.config.items():
+                print(f"    {key} = {spec.default!r}: {spec.help}")
     return 0
 
 
@@ -203,7 +261,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run ``sldistill demo``."""
     from sldistill.demo import METHODS, DemoOptions, run_demo
 
-    methods = list(METHODS) if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(METHODS) if args.methods.strip() == "all" else names
     opts = DemoOptions(out=Path(args.out), data_root=args.data_root, methods=methods, seeds=args.seeds,
                        first_seed=args.first_seed, epochs=args.epochs, teacher_epochs=args.teacher_epochs,
                        subset=0 if args.full else args.subset, subset_seed=args.subset_seed,
@@ -253,7 +312,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                     first_seed=args.first_seed, labels=args.label, devices=devices, rerun=args.rerun,
                     command=command)
     print(res.table)
-    print(f"std: sample standard deviation (N - 1) over seeds; written: "
+    print("std: sample standard deviation (N - 1) over seeds; written: "
           + ", ".join(str(p) for p in res.files.values()))
     return 0
 
@@ -265,7 +324,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p = sub.add_parser("bench", help="run the benchmarks (losses, models, data, training step) and print ratio tables",
                        description="Run benchmarks/run_all.py of the source checkout: each benchmark compares "
                                    "ours with a plain implementation of the same work in the same run.")
-    p.add_argument("--only", default=None, metavar="NAMES", help="comma-separated subset of: losses, models, data, train_step")
+    p.add_argument("--only", default=None, metavar="NAMES",
+                   help="comma-separated subset of: losses, models, data, train_step")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the outputs to a markdown file")
     p.set_defaults(func=cmd_bench)
     return p
@@ -292,6 +352,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser
     add_train_parser,
     add_eval_parser,
     add_configs_parser,
+    add_methods_parser,
     add_demo_parser,
     add_sweep_parser,
     add_bench_parser,

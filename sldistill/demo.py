@@ -254,12 +254,14 @@ def teacher_statistics(folder: Path, cfg: Any, progress: bool = True) -> dict[st
     from torch.utils.data import DataLoader
 
     from sldistill import models
-    from sldistill.data import build_datasets, view_transforms
+    from sldistill.data import ArrayDataset, FileDataset, build_datasets
     from sldistill.logits import sort, swap
 
     summary = json.loads((folder / "summary.json").read_text())
     ds = build_datasets(cfg, seed=int(cfg.EXPERIMENT.SEED))
-    plain = ds.train.with_views([view_transforms(ds.kind)[1]])
+    train = ds.train
+    assert isinstance(train, (ArrayDataset, FileDataset)) and ds.test_transform is not None  # one view, no CRD
+    plain = train.with_views([ds.test_transform])
     loader = DataLoader(plain, batch_size=256, shuffle=False, collate_fn=ds.val_collate, num_workers=0)
     model = models.create(str(cfg.DISTILLER.STUDENT), num_classes=ds.num_classes, dataset=str(cfg.DATASET.TYPE))
     models.load_weights(model, str(folder / "latest.pth"), strict=True)
@@ -271,7 +273,8 @@ def teacher_statistics(folder: Path, cfg: Any, progress: bool = True) -> dict[st
 
         it = tqdm(loader, desc="teacher logits (train)", leave=False, dynamic_ncols=True, file=sys.stderr)
     with torch.no_grad():
-        for image, target in it:
+        for batch in it:
+            image, target = batch["image"], batch["target"]
             logits = model(image)[0].float()
             counts[0] += target.numel()
             counts[1] += (logits.argmax(1) != target).sum()
@@ -363,7 +366,8 @@ def run_demo(opts: DemoOptions) -> DemoResult:
                                 title=f"Fashion-MNIST, ResNet20 -> ResNet8, {opts.epochs} epochs")}
     rows = []
     for s in summaries:
-        rows.append({"method": s.method, "runs": s.n, "best_mean": round(s.best_mean, 4), "best_std": round(s.best_std, 4),
+        rows.append({"method": s.method, "runs": s.n, "best_mean": round(s.best_mean, 4),
+                     "best_std": round(s.best_std, 4),
                      "last_mean": round(s.last_mean, 4), "last_std": round(s.last_std, 4), "budget": s.budget})
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -376,7 +380,8 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     report = [
         "# sldistill demo: Fashion-MNIST, ResNet20 teacher -> ResNet8 students", "",
         f"Students: {len(records)} runs ({', '.join(order)}; seeds {', '.join(map(str, seeds))}), "
-        f"{opts.epochs} epochs each on {'the whole training set' if opts.subset == 0 else f'{opts.subset} training images'}"
+        f"{opts.epochs} epochs each on "
+        f"{'the whole training set' if opts.subset == 0 else f'{opts.subset} training images'}"
         f" (class-balanced, subset seed {opts.subset_seed}); test top-1 on the full test set after every epoch.",
         f"Schedules scaled to {opts.epochs} epochs: LR decay at epochs {lr_stages(opts.epochs)}, "
         f"SLD pseudo-teacher after epoch {int(round(opts.gamma_fraction * opts.epochs))} "

@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules built from the ``SOLVER`` section of a config.
 
 - :func:`build_optimizer`: ``SOLVER.TYPE`` ``SGD`` (``LR``, ``MOMENTUM``, ``WEIGHT_DECAY``,
-  ``NESTEROV``); with ``SOLVER.TRAINER`` ``dot`` / ``crd_dot`` the distillation-oriented
+  ``NESTEROV``); with ``SOLVER.TYPE`` ``DOT`` the distillation-oriented
   trainer :class:`DOT` instead.
 - :func:`build_scheduler`: a per-iteration schedule, :class:`LRSchedule`. ``SOLVER.SCHEDULER``
   ``step`` is the published rule: the rate is ``LR * LR_DECAY_RATE ** k`` where ``k`` counts
@@ -36,11 +36,8 @@ __all__ = [
     "SUPPORTED_SCHEDULERS",
 ]
 
-SUPPORTED_OPTIMIZERS = ("SGD",)
+SUPPORTED_OPTIMIZERS = ("SGD", "DOT")
 SUPPORTED_SCHEDULERS = ("step", "cosine")
-DOT_TRAINERS = ("dot", "crd_dot")
-
-
 def _solver_get(solver: Any, key: str, default: Any) -> Any:
     try:
         return solver[key]
@@ -51,22 +48,21 @@ def _solver_get(solver: Any, key: str, default: Any) -> Any:
 def build_optimizer(cfg: Any, params: Iterable[nn.Parameter] | Iterable[dict]) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.SOLVER.TYPE`` over ``params``.
 
-    ``SOLVER.TRAINER`` ``dot`` / ``crd_dot`` selects :class:`DOT` (momenta ``MOMENTUM -/+
-    SOLVER.DOT.DELTA``). Any other ``SOLVER.TYPE`` than ``SGD`` raises ``ValueError``.
+    ``SGD`` (published) or ``DOT`` (momenta ``MOMENTUM -/+ SOLVER.DOT.DELTA``; the published
+    ``SOLVER.TRAINER`` ``dot`` / ``crd_dot`` set it when the config is loaded). Any other
+    ``SOLVER.TYPE`` raises ``ValueError``.
     """
     s = cfg.SOLVER
-    opt_type = str(s.TYPE)
-    if opt_type.upper() not in SUPPORTED_OPTIMIZERS:
+    opt_type = str(s.TYPE).upper()
+    if opt_type not in SUPPORTED_OPTIMIZERS:
         raise ValueError(f"SOLVER.TYPE {opt_type!r} is not supported; valid: {', '.join(SUPPORTED_OPTIMIZERS)}")
     lr = float(s.LR)
     momentum = float(s.MOMENTUM)
     wd = float(s.WEIGHT_DECAY)
     nesterov = bool(_solver_get(s, "NESTEROV", False))
-    trainer = str(_solver_get(s, "TRAINER", "base")).lower()
-    if trainer in DOT_TRAINERS:
+    if opt_type == "DOT":
         if nesterov:
-            raise ValueError("SOLVER.NESTEROV is not available with the DOT trainer (SOLVER.TRAINER "
-                             f"{trainer!r}); set SOLVER.NESTEROV false")
+            raise ValueError("SOLVER.NESTEROV is not available with SOLVER.TYPE DOT; set SOLVER.NESTEROV false")
         delta = float(_solver_get(_solver_get(s, "DOT", {}), "DELTA", 0.075))
         return DOT(params, lr=lr, momentum=momentum, delta=delta, weight_decay=wd)
     if nesterov and momentum <= 0:

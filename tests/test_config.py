@@ -10,7 +10,6 @@ import yaml
 from conftest import REPO, SHARED
 from sldistill.engine.config import (
     BASES,
-    SCHEMA,
     CfgNode,
     ConfigError,
     apply_logit_stand,
@@ -23,6 +22,7 @@ from sldistill.engine.config import (
     parse_overrides,
     resolve_config_path,
     run_dir,
+    schema,
     save_config,
     unreleased_reason,
     validate_config,
@@ -62,6 +62,9 @@ def test_published_file_loads(path: Path) -> None:
         got = cfg
         for part in key.split("."):
             got = got[part]
+        if key == "SOLVER.TYPE" and cfg.SOLVER.TRAINER in ("dot", "crd_dot"):
+            assert got == "DOT"  # the published DOT trainers mean the DOT optimizer
+            continue
         assert got == value, key
     assert cfg.BASE == codebase(path)
     load_config(path)  # with our defaults too
@@ -310,7 +313,10 @@ def test_overrides_apply_after_file(tmp_path: Path) -> None:
     ("SOLVER: 5\n", "SOLVER", "expected a section"),
     ("DATASET:\n  TYPE: cifar10\n", "DATASET.TYPE", "did you mean: cifar100"),
     ("DISTILLER:\n  TYPE: SDL\n", "DISTILLER.TYPE", "did you mean: SLD"),
-    ("DISTILLER:\n  TYPE: SLD\n", "SOLVER.TRAINER", "needs SOLVER.TRAINER 'ours'"),
+    ("SOLVER:\n  TRAINER: orus\n", "SOLVER.TRAINER", "did you mean: ours"),
+    ("KD:\n  TEMPERATURE: 2\nKD:\n  TEMPERATURE: 3\n", "", "appears twice"),
+    ("SOLVER:\n  LR: 0.1\n  LR: 0.2\n", "", "appears twice"),
+    ("# only a comment\n", "", "the file is empty"),
     ("SOLVER:\n  WARMUP_EPOCHS: 300\n", "SOLVER.WARMUP_EPOCHS", "exceeds SOLVER.EPOCHS"),
     ("EXPERIMENT:\n  DEVICE: cpu\nSOLVER:\n  AMP: fp16\n", "SOLVER.AMP", "CUDA"),
     ("SLD:\n  TEMPERATURES: []\n", "SLD.TEMPERATURES", "non-empty"),
@@ -330,7 +336,17 @@ def test_missing_file_and_blank_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "absent.yaml")
     blank = _write(tmp_path, "\n\n\n")
-    assert load_config(blank) == load_config()
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(blank)
+
+
+def test_trainer_names_are_aliases() -> None:
+    """Views come from the distiller, CRD sampling from its needs; DOT from SOLVER.TYPE."""
+    assert load_config(None, ["DISTILLER.TYPE", "SLD"]).SOLVER.TYPE == "SGD"  # no 'ours' needed
+    for trainer in ("dot", "crd_dot"):
+        assert load_config(None, ["SOLVER.TRAINER", trainer]).SOLVER.TYPE == "DOT"
+    assert load_config(None, ["SOLVER.TYPE", "DOT"]).SOLVER.TRAINER == "base"
+    assert "implemented by no release" in unreleased_reason(load_config(None, ["SOLVER.TRAINER", "aug"]))
 
 
 def test_validate_config_catches_programmatic_edits() -> None:
@@ -338,7 +354,7 @@ def test_validate_config_catches_programmatic_edits() -> None:
     validate_config(cfg)
     bad = load_config()
     bad.SOLVER.MOMENTUM = 1.5
-    with pytest.raises(ConfigError, match=r"<config>: SOLVER.MOMENTUM: must be in \[0.0, 1.0\]"):
+    with pytest.raises(ConfigError, match=r"<config>: SOLVER.MOMENTUM: must be >= 0 and <= 1"):
         validate_config(bad)
     bad = load_config()
     bad.KD.EXTRA = 1
@@ -355,6 +371,7 @@ def test_validate_config_catches_programmatic_edits() -> None:
 
 
 def test_schema_types() -> None:
+    SCHEMA = schema()
     assert SCHEMA["DKD.T"].kind == "float" and SCHEMA["KD.TEMPERATURE"].kind == "float"
     assert SCHEMA["SOLVER.LR_DECAY_STAGES"].kind == "list_int"
     assert SCHEMA["SLD.TEMPERATURES"].kind == "list_float"

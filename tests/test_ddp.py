@@ -48,7 +48,8 @@ def _worker(rank: int, port: int, out_dir: str, trainer_names: list[str]) -> Non
         cfg = make_cfg(Path(out_dir), TRAINER=trainer_name, BATCH_SIZE=2 * BATCH)
         distiller = _build(cfg)
         x, y = _batches()[rank]
-        trainer = Trainer(cfg, distiller, [(x, y, torch.arange(BATCH))], [], Path(out_dir) / "run", info)
+        trainer = Trainer(cfg, distiller, [{"views": [x], "target": y, "index": torch.arange(BATCH)}], [],
+                          Path(out_dir) / "run", info)
         _, terms, _ = trainer._train_step([x.contiguous(memory_format=torch.channels_last)], y, 1, {})
         grads = {n: (p.grad.clone() if p.grad is not None else None) for n, p in distiller.named_parameters()
                  if p.requires_grad}

@@ -67,13 +67,13 @@ def test_scheduler_state_roundtrip():
 
 def test_bad_solver_values_are_refused():
     p = [nn.Parameter(torch.zeros(1))]
-    with pytest.raises(ValueError, match="SOLVER.TYPE 'Adam'.*SGD"):
+    with pytest.raises(ValueError, match="SOLVER.TYPE 'ADAM'.*SGD, DOT"):
         build_optimizer(_cfg(TYPE="Adam"), p)
     opt = build_optimizer(_cfg(), p)
     with pytest.raises(ValueError, match="SCHEDULER 'poly'"):
         LRSchedule(opt, 3, 2, kind="poly")
     with pytest.raises(ValueError, match="NESTEROV.*DOT"):
-        build_optimizer(_cfg(TRAINER="dot", NESTEROV=True), p)
+        build_optimizer(_cfg(TYPE="DOT", NESTEROV=True), p)
 
 
 def test_sgd_built_as_configured():
@@ -81,7 +81,7 @@ def test_sgd_built_as_configured():
     assert isinstance(opt, torch.optim.SGD)
     g = opt.param_groups[0]
     assert (g["lr"], g["momentum"], g["weight_decay"], g["nesterov"]) == (0.3, 0.8, 5e-4, True)
-    dot = build_optimizer(_cfg(TRAINER="crd_dot", MOMENTUM=0.9, DOT={"DELTA": 0.05}), [nn.Parameter(torch.zeros(1))])
+    dot = build_optimizer(_cfg(TYPE="DOT", MOMENTUM=0.9, DOT={"DELTA": 0.05}), [nn.Parameter(torch.zeros(1))])
     assert isinstance(dot, DOT) and dot.param_groups[0]["delta"] == 0.05
 
 

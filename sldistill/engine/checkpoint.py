@@ -128,6 +128,5 @@ def find_resume_checkpoint(run_dir: str | os.PathLike) -> Path:
     if latest.is_file():
         return latest
     have = sorted(p.name for p in run_dir.glob("*.pth")) if run_dir.is_dir() else []
-    raise FileNotFoundError(
-        f"--resume: no {LATEST} in {run_dir}" + (f" (found: {', '.join(have)})" if have else " (folder empty or missing)")
-    )
+    found = f" (found: {', '.join(have)})" if have else " (folder empty or missing)"
+    raise FileNotFoundError(f"--resume: no {LATEST} in {run_dir}{found}")

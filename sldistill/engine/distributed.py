@@ -60,7 +60,9 @@ def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"EXPERIMENT.DEVICE {spec!r} asks for CUDA but no CUDA device is available; use 'cpu' or 'auto'")
+            raise ValueError(
+                f"EXPERIMENT.DEVICE {spec!r} asks for CUDA but no CUDA device is available; use 'cpu' or 'auto'"
+            )
         return torch.device(f"cuda:{local_rank}") if spec == "cuda" else torch.device(spec)
     raise ValueError(f"EXPERIMENT.DEVICE {spec!r} is not valid; use auto, cpu, cuda or cuda:N")
 

@@ -132,12 +132,12 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], loader: Iterable, device: tor
 
     Sums are accumulated on the device and all-reduced over processes (each rank evaluates
     its shard), then divided by the global sample count: one host synchronisation at the end.
-    Batches are ``(image, target, ...)``.
+    Batches are named records ``{"image": ..., "target": ...}`` (or ``(image, target)`` pairs).
     """
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
     it = progress(loader) if progress is not None else loader
     for batch in it:
-        image, target = batch[0], batch[1]
+        image, target = (batch["image"], batch["target"]) if isinstance(batch, dict) else (batch[0], batch[1])
         image = image.to(device, non_blocking=True)
         if channels_last and image.dim() == 4:
             image = image.contiguous(memory_format=torch.channels_last)

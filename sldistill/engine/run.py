@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sldistill.engine.config import format_config, run_dir as config_run_dir, save_config, unreleased_reason
+from sldistill.distillers.base import Distiller
+from sldistill.engine.config import format_config, save_config, unreleased_reason
+from sldistill.engine.config import run_dir as config_run_dir
 from sldistill.engine.distributed import (
     DistInfo,
     barrier,
@@ -24,7 +25,7 @@ from sldistill.engine.distributed import (
     resolve_device,
 )
 from sldistill.engine.metrics import MetricLogger, evaluate
-from sldistill.engine.trainer import STOP, StopFlag, Trainer, TrainResult, amp_dtype, check_trainer_name
+from sldistill.engine.trainer import STOP, StopFlag, Trainer, TrainResult, amp_dtype
 
 __all__ = ["seed_everything", "set_determinism", "train", "evaluate_checkpoint", "check_run_config"]
 
@@ -56,15 +57,14 @@ def check_run_config(cfg: Any, device: torch.device, world_size: int) -> int:
     reason = unreleased_reason(cfg)
     if reason:
         raise ValueError(reason)
-    check_trainer_name(cfg.SOLVER.TRAINER)
     amp_dtype(cfg.SOLVER.AMP, device)
-    if bool(cfg.SOLVER.get("SYNC_BN", False)) and device.type != "cuda":
+    if bool(cfg.SOLVER.SYNC_BN) and device.type != "cuda":
         raise ValueError("SOLVER.SYNC_BN needs CUDA: PyTorch's SyncBatchNorm runs only on CUDA devices "
                          f"(this run is on {device}); set SOLVER.SYNC_BN false")
     return per_process_batch(int(cfg.SOLVER.BATCH_SIZE), world_size)
 
 
-def build_distiller_for(cfg: Any, num_classes: int, num_train: int | None = None) -> torch.nn.Module:
+def build_distiller_for(cfg: Any, num_classes: int, num_train: int | None = None) -> Distiller:
     """Student, teacher (none for ``DISTILLER.TYPE`` NONE) and the distiller.
 
     ``num_train`` (the training-set size) is handed to distillers that size a per-sample
@@ -73,20 +73,29 @@ def build_distiller_for(cfg: Any, num_classes: int, num_train: int | None = None
     import inspect
 
     from sldistill import models
-    from sldistill.distillers import get_distiller_class
-
     from sldistill.data import check_num_classes
+    from sldistill.distillers import get_distiller_class
 
     student = models.build_student(cfg, num_classes)
     check_num_classes(student, num_classes, what=f"student {cfg.DISTILLER.STUDENT}")
-    teacher = None if str(cfg.DISTILLER.TYPE).upper() == "NONE" else models.build_teacher(cfg, num_classes)
+    cls = get_distiller_class(str(cfg.DISTILLER.TYPE))
+    teacher = models.build_teacher(cfg, num_classes) if cls.needs_teacher else None
     if teacher is not None:
         check_num_classes(teacher, num_classes, what=f"teacher {cfg.DISTILLER.TEACHER}")
-    cls = get_distiller_class(str(cfg.DISTILLER.TYPE))
     kwargs = {}
     if num_train is not None and "num_data" in inspect.signature(cls.__init__).parameters:
         kwargs["num_data"] = int(num_train)
     return cls(student, teacher, cfg, **kwargs)
+
+
+def build_run_loaders(cfg: Any, **kwargs: Any) -> Any:
+    """The loaders for ``cfg``'s distiller: as many views as it trains on, and the extra batch
+    items it needs (CRD sampling when it needs ``contrast_index``)."""
+    from sldistill.data import build_loaders
+    from sldistill.distillers import get_distiller_class
+
+    cls = get_distiller_class(str(cfg.DISTILLER.TYPE))
+    return build_loaders(cfg, num_views=cls.num_views, needs=tuple(cls.needs), **kwargs)
 
 
 def train(cfg: Any, *, resume: bool = False, stop_flag: StopFlag = STOP, log_interval: int = 20,
@@ -96,14 +105,14 @@ def train(cfg: Any, *, resume: bool = False, stop_flag: StopFlag = STOP, log_int
     Prints the resolved config and saves it as ``config.yaml`` in the run folder (rank 0),
     then builds loaders, models and distiller and runs :class:`Trainer`.
     """
-    dist_info: DistInfo = init_distributed(str(cfg.EXPERIMENT.get("DEVICE", "auto")))
+    dist_info: DistInfo = init_distributed(str(cfg.EXPERIMENT.DEVICE))
     try:
         per_proc = check_run_config(cfg, dist_info.device, dist_info.world_size)
-        seed = int(cfg.EXPERIMENT.get("SEED", 0))
-        set_determinism(bool(cfg.EXPERIMENT.get("DETERMINISTIC", False)), dist_info.device)
+        seed = int(cfg.EXPERIMENT.SEED)
+        set_determinism(bool(cfg.EXPERIMENT.DETERMINISTIC), dist_info.device)
         seed_everything(seed)
         run_dir = Path(config_run_dir(cfg))
-        logger = MetricLogger(run_dir, tensorboard=bool(cfg.LOG.get("TENSORBOARD", True)), enabled=dist_info.is_main)
+        logger = MetricLogger(run_dir, tensorboard=bool(cfg.LOG.TENSORBOARD), enabled=dist_info.is_main)
         if dist_info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             logger.info(format_config(cfg))
@@ -112,10 +121,8 @@ def train(cfg: Any, *, resume: bool = False, stop_flag: StopFlag = STOP, log_int
             logger.info(f"run folder: {run_dir}")
             logger.info(f"device {dist_info.device}; processes {dist_info.world_size}; global batch "
                         f"{cfg.SOLVER.BATCH_SIZE}; per-process batch {per_proc}")
-        from sldistill.data import build_loaders
-
-        loaders = build_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size,
-                                device=dist_info.device, seed=seed)
+        loaders = build_run_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size,
+                                    device=dist_info.device, seed=seed)
         distiller = build_distiller_for(cfg, loaders.num_classes, loaders.num_train)
         if dist_info.rank:  # different augmentation streams per process, same initial weights
             seed_everything(seed + dist_info.rank)
@@ -142,15 +149,15 @@ def evaluate_checkpoint(cfg: Any, model_name: str, ckpt: str | Path, *, strict: 
     from sldistill import models
     from sldistill.data import build_loaders
 
-    device = resolve_device(str(cfg.EXPERIMENT.get("DEVICE", "auto")))
+    device = resolve_device(str(cfg.EXPERIMENT.DEVICE))
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    loaders = build_loaders(cfg, rank=0, world_size=1, device=device, seed=int(cfg.EXPERIMENT.get("SEED", 0)))
+    loaders = build_loaders(cfg, rank=0, world_size=1, device=device, seed=int(cfg.EXPERIMENT.SEED))
     model = models.create(model_name, num_classes=loaders.num_classes, dataset=str(cfg.DATASET.TYPE))
     models.load_weights(model, str(ckpt), strict=strict)
     model.to(device).eval()
-    channels_last = bool(cfg.SOLVER.get("CHANNELS_LAST", True))
+    channels_last = bool(cfg.SOLVER.CHANNELS_LAST)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return evaluate(lambda x: model(x)[0], loaders.val, device, amp_dtype=amp_dtype(cfg.SOLVER.AMP, device),

@@ -1,11 +1,13 @@
 """The trainer: one loop for one-view and two-view distillers, DOT, AMP, DDP, resume.
 
 :class:`Trainer` takes a built distiller and loaders and runs ``SOLVER.EPOCHS`` epochs:
-training (terms summed and stepped; DOT steps task and distillation terms apart), an
-evaluation after every epoch (top-1, top-5, loss; gathered over processes), metrics to
-CSV/JSONL/TensorBoard, and checkpoints (``latest.pth`` every epoch, ``best.pth``,
-``epoch_N.pth`` every ``LOG.SAVE_CHECKPOINT_FREQ`` epochs; see
-:mod:`sldistill.engine.checkpoint`).
+training (terms summed and stepped; with ``SOLVER.TYPE: DOT`` the task and distillation terms
+are stepped apart), an evaluation after every epoch (top-1, top-5, loss; gathered over
+processes), metrics to CSV/JSONL/TensorBoard, and checkpoints (``latest.pth`` every epoch,
+``best.pth``, ``epoch_N.pth`` every ``LOG.SAVE_CHECKPOINT_FREQ`` epochs; see
+:mod:`sldistill.engine.checkpoint`). What it trains on comes from the distiller: its
+``num_views`` and the extra batch items it ``needs`` (batches are named records, see
+:mod:`sldistill.data`).
 
 Inside a training step nothing synchronises with the host: losses, accuracy counts and a
 non-finite-loss record are accumulated on the device and read every ``log_interval``
@@ -19,17 +21,17 @@ replays the epoch's data order up to that position and continues from there.
 """
 from __future__ import annotations
 
-import math
-import signal
+import contextlib
+import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from sldistill.distillers.base import Distiller
 from sldistill.engine.checkpoint import (
     BEST,
     LATEST,
@@ -40,136 +42,23 @@ from sldistill.engine.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
+from sldistill.engine.control import (
+    STOP,
+    NonFiniteLossError,
+    StopFlag,
+    TrainResult,
+    amp_dtype,
+    connector_state,
+    grow_terms,
+    install_signal_handlers,
+    short_name,
+)
 from sldistill.engine.distributed import DistInfo, all_reduce_grads, all_reduce_sum
 from sldistill.engine.metrics import MetricLogger, evaluate, topk_correct
 from sldistill.optim import DOT, build_optimizer, build_scheduler, split_terms
 
-__all__ = [
-    "Trainer",
-    "TrainResult",
-    "NonFiniteLossError",
-    "StopFlag",
-    "STOP",
-    "install_signal_handlers",
-    "SUPPORTED_TRAINERS",
-    "amp_dtype",
-    "check_trainer_name",
-    "connector_state",
-]
-
-SUPPORTED_TRAINERS = ("base", "ours", "crd", "dot", "crd_dot")
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or infinite; ``epoch``, ``iteration`` (1-based) and ``term`` say where."""
-
-    def __init__(self, epoch: int, iteration: int, term: str, value: float) -> None:
-        self.epoch, self.iteration, self.term, self.value = epoch, iteration, term, value
-        super().__init__(f"non-finite loss: term {term!r} = {value} at epoch {epoch}, iteration {iteration}; "
-                         "stopped, the checkpoints on disk are from the last completed epoch")
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM; the trainer checks it between iterations."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def set(self, signum: int) -> None:
-        """Record a stop request."""
-        self.signum = signum
-
-    def clear(self) -> None:
-        """Forget any stop request."""
-        self.signum = None
-
-    def __bool__(self) -> bool:
-        return self.signum is not None
-
-    @property
-    def name(self) -> str:
-        """``SIGTERM`` / ``SIGINT`` / ``''``."""
-        return signal.Signals(self.signum).name if self.signum is not None else ""
-
-
-STOP = StopFlag()
-
-
-def install_signal_handlers(flag: StopFlag = STOP) -> Callable[[], None]:
-    """Route SIGINT and SIGTERM to ``flag`` (a second SIGINT raises KeyboardInterrupt).
-
-    Returns a function restoring the previous handlers. Only works in the main thread; in
-    other threads it installs nothing.
-    """
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and flag.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag.set(signum)
-
-    for s in previous:
-        signal.signal(s, handler)
-
-    def restore() -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-    return restore
-
-
-def check_trainer_name(name: str) -> str:
-    """Validate ``SOLVER.TRAINER``; ``aug`` and unknown names raise ``ValueError``."""
-    n = str(name).lower()
-    if n == "aug":
-        raise ValueError("SOLVER.TRAINER 'aug' (the DKD_aug trainer of the MLKD release) is not supported; "
-                         f"valid: {', '.join(SUPPORTED_TRAINERS)} (use 'ours' for two-view weak/strong training)")
-    if n not in SUPPORTED_TRAINERS:
-        raise ValueError(f"SOLVER.TRAINER {name!r} is not valid; valid: {', '.join(SUPPORTED_TRAINERS)}")
-    return n
-
-
-def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """``SOLVER.AMP`` -> autocast dtype (``None`` for ``none``). fp16 needs CUDA."""
-    n = str(name or "none").lower()
-    if n in ("none", "fp32", "false", ""):
-        return None
-    if n == "bf16":
-        return torch.bfloat16
-    if n == "fp16":
-        if device.type != "cuda":
-            raise ValueError(f"SOLVER.AMP 'fp16' needs a CUDA device (running on {device}); use 'bf16' or 'none' on CPU")
-        return torch.float16
-    raise ValueError(f"SOLVER.AMP {name!r} is not valid; valid: none, bf16, fp16")
-
-
-def connector_state(distiller: nn.Module) -> dict[str, Tensor]:
-    """The distiller's state dict minus ``student.`` and ``teacher.`` entries (connectors)."""
-    return {k: v for k, v in distiller.state_dict().items() if not (k.startswith("student.") or k.startswith("teacher."))}
-
-
-@dataclass
-class TrainResult:
-    """What a run ended with. ``status``: ``finished``, ``interrupted`` or ``stopped``
-    (``stop_after_epoch`` reached). Accuracies are top-1 percentages."""
-
-    status: str
-    best_acc: float
-    best_epoch: int
-    last_acc: float
-    last_epoch: int
-    teacher_acc: float | None = None
-    run_dir: Path | None = None
-    history: list[dict] = field(default_factory=list)
-    signal_name: str = ""
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "StopFlag", "STOP", "install_signal_handlers",
+           "amp_dtype", "connector_state"]
 
 
 class Trainer:
@@ -194,7 +83,7 @@ class Trainer:
         on_iteration: test hook called as ``f(epoch, iteration)`` after each step.
     """
 
-    def __init__(self, cfg: Any, distiller: nn.Module, train_loader: Iterable, val_loader: Iterable,
+    def __init__(self, cfg: Any, distiller: Distiller, train_loader: Iterable, val_loader: Iterable,
                  run_dir: str | Path, dist_info: DistInfo | None = None, *, train_sampler: Any = None,
                  resume: bool = False, log_interval: int = 20, stop_after_epoch: int | None = None,
                  stop_flag: StopFlag = STOP, logger: MetricLogger | None = None,
@@ -213,23 +102,22 @@ class Trainer:
         self.stop_after_epoch = stop_after_epoch
         self.stop_flag = stop_flag
         self.on_iteration = on_iteration
-        self.trainer_name = check_trainer_name(cfg.SOLVER.TRAINER)
-        self.use_dot = self.trainer_name in ("dot", "crd_dot")
+        self.use_dot = str(cfg.SOLVER.TYPE) == "DOT"
         self.epochs = int(cfg.SOLVER.EPOCHS)
         self.amp_dtype = amp_dtype(cfg.SOLVER.AMP, self.device)
-        self.channels_last = bool(cfg.SOLVER.get("CHANNELS_LAST", True))
-        self.progress = bool(cfg.LOG.get("PROGRESS", True)) and self.dist.is_main and sys.stderr.isatty()
-        self.logger = logger or MetricLogger(self.run_dir, tensorboard=bool(cfg.LOG.get("TENSORBOARD", True)),
+        self.channels_last = bool(cfg.SOLVER.CHANNELS_LAST)
+        self.progress = bool(cfg.LOG.PROGRESS) and self.dist.is_main and sys.stderr.isatty()
+        self.logger = logger or MetricLogger(self.run_dir, tensorboard=bool(cfg.LOG.TENSORBOARD),
                                              enabled=self.dist.is_main)
         if self.use_dot and self.amp_dtype == torch.float16:
-            raise ValueError("SOLVER.AMP 'fp16' is not supported with the DOT trainer (two backward passes and a "
+            raise ValueError("SOLVER.AMP 'fp16' is not supported with SOLVER.TYPE DOT (two backward passes and a "
                              "grad scaler); use 'bf16' or 'none'")
 
         # ---- model placement
         self.distiller = distiller.to(self.device)
         if self.channels_last:
             self.distiller = self.distiller.to(memory_format=torch.channels_last)
-        if bool(cfg.SOLVER.get("SYNC_BN", False)):
+        if bool(cfg.SOLVER.SYNC_BN):
             if self.device.type != "cuda":
                 raise ValueError("SOLVER.SYNC_BN needs CUDA: PyTorch's SyncBatchNorm runs only on CUDA devices "
                                  f"(this run is on {self.device}); set SOLVER.SYNC_BN false")
@@ -310,25 +198,23 @@ class Trainer:
         self.logger.info(f"resumed from {path}: continuing at {where} (best top-1 so far {self.best_acc:.2f})")
 
     # ------------------------------------------------------------------ helpers
-    def _unpack(self, batch: Sequence[Any]) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
-        image, target = batch[0], batch[1]
-        views = list(image) if isinstance(image, (list, tuple)) else [image]
+    def _unpack(self, batch: Mapping[str, Any]) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
+        """A named-record batch (``views``, ``target`` and extras by name) moved to the device."""
+        views = list(batch["views"])
         if len(views) != self.num_views:
-            raise ValueError(
-                f"DISTILLER.TYPE {self.cfg.DISTILLER.TYPE!r} trains on {self.num_views} view(s) but the loader gives "
-                f"{len(views)} (SOLVER.TRAINER {self.cfg.SOLVER.TRAINER!r}); two-view distillers need SOLVER.TRAINER 'ours'")
+            raise ValueError(f"DISTILLER.TYPE {self.cfg.DISTILLER.TYPE!r} trains on {self.num_views} view(s) but "
+                             f"the loader gives {len(views)}; build the loaders with the distiller's num_views")
         mf = torch.channels_last if self.channels_last else torch.contiguous_format
         views = [v.to(self.device, non_blocking=True).contiguous(memory_format=mf) if v.dim() == 4
                  else v.to(self.device, non_blocking=True) for v in views]
-        target = target.to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
         extras: dict[str, Tensor] = {}
-        positions = {"index": 2, "contrast_index": 3}
         for name in self.needs:
-            pos = positions.get(name)
-            if pos is None or len(batch) <= pos:
+            if name not in batch:
                 raise ValueError(f"DISTILLER.TYPE {self.cfg.DISTILLER.TYPE!r} needs batch item {name!r}, which the "
-                                 f"loader does not give (SOLVER.TRAINER {self.cfg.SOLVER.TRAINER!r}; CRD needs 'crd')")
-            extras[name] = batch[pos].to(self.device, non_blocking=True)
+                                 f"loader does not give (it gives {', '.join(sorted(batch))}); build the loaders "
+                                 "with the distiller's needs")
+            extras[name] = batch[name].to(self.device, non_blocking=True)
         return views, target, extras
 
     def _autocast(self):
@@ -338,7 +224,8 @@ class Trainer:
                     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """One optimisation step; returns (logits, terms, total) without host synchronisation."""
         if self.use_dot:
-            ctx = self.model.no_sync() if isinstance(self.model, nn.parallel.DistributedDataParallel) else _null()
+            ctx = self.model.no_sync() if isinstance(self.model, nn.parallel.DistributedDataParallel) \
+                else contextlib.nullcontext()
             with ctx:
                 with self._autocast():
                     logits, terms = self.model(views, target, epoch, **extras)
@@ -411,7 +298,7 @@ class Trainer:
             views, target, extras = self._unpack(batch)
             logits, terms, total = self._train_step(views, target, epoch, extras)
             if list(terms) != names:
-                names, sums, first_bad = _grow(names, sums, first_bad, list(terms))
+                names, sums, first_bad = grow_terms(names, sums, first_bad, list(terms))
             vec = torch.stack([terms[n].detach().double() for n in names])
             bad = ~torch.isfinite(vec)
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, iteration), first_bad)
@@ -429,7 +316,7 @@ class Trainer:
                     n_done = max(1, iteration - skip)
                     avg = (sums / n_done).tolist()
                     rate = images_seen / max(1e-9, time.perf_counter() - t0)
-                    pbar.set_postfix({**{_short(k): f"{v:.4f}" for k, v in zip(names, avg)},
+                    pbar.set_postfix({**{short_name(k): f"{v:.4f}" for k, v in zip(names, avg)},
                                       "img/s": f"{rate:.0f}"}, refresh=False)
                 if self.dist.is_main and self.logger._tb is not None:
                     step = (epoch - 1) * self.steps_per_epoch + iteration
@@ -532,7 +419,8 @@ class Trainer:
             history.append({"epoch": epoch, **row})
             self.logger.log_epoch(epoch, row)
             terms = "  ".join(f"{k[6:]} {v:.4f}" for k, v in train.items() if k.startswith("train_loss_"))
-            self.logger.info(f"epoch {epoch}/{self.epochs}  lr {lr:.5g}  {terms}  train top-1 {train['train_acc']:.2f}  "
+            self.logger.info(f"epoch {epoch}/{self.epochs}  lr {lr:.5g}  {terms}  "
+                             f"train top-1 {train['train_acc']:.2f}  "
                              f"test top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  loss {val['loss']:.4f}  "
                              f"best {self.best_acc:.2f} (epoch {self.best_epoch})  {train['images_per_s']:.0f} img/s")
             if self.dist.is_main:
@@ -540,7 +428,7 @@ class Trainer:
                 self._save(state, LATEST)
                 if is_best:
                     self._save(state, BEST)
-                freq = int(self.cfg.LOG.get("SAVE_CHECKPOINT_FREQ", 0) or 0)
+                freq = int(self.cfg.LOG.SAVE_CHECKPOINT_FREQ)
                 if freq > 0 and epoch % freq == 0:
                     self._save(state, epoch_name(epoch))
             if self.stop_after_epoch is not None and epoch >= self.stop_after_epoch and epoch < self.epochs:
@@ -558,40 +446,9 @@ class Trainer:
             if self.dist.is_main:
                 summary = {"best_acc": self.best_acc, "best_epoch": self.best_epoch, "last_acc": last_acc,
                            "last_epoch": last_epoch, "teacher_acc": self.teacher_acc}
-                import json
-
                 (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.logger.close()
         return TrainResult(status, self.best_acc, self.best_epoch, last_acc, last_epoch, self.teacher_acc,
                            self.run_dir, history, self.stop_flag.name)
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
-
-
-def _short(name: str) -> str:
-    return name[5:] if name.startswith("loss_") else name
-
-
-def _grow(names: list[str], sums: Tensor, first_bad: Tensor, new: list[str]) -> tuple[list[str], Tensor, Tensor]:
-    """Extend the running per-term sums when the set of term names changes (e.g. a term that
-    switches on at a later epoch); existing entries keep their position."""
-    out_names = list(names)
-    for n in new:
-        if n not in out_names:
-            out_names.append(n)
-    if len(out_names) == len(names) and set(new) == set(names):
-        return names, sums, first_bad
-    extra = len(out_names) - len(names)
-    sums = torch.cat([sums, sums.new_zeros(extra)])
-    first_bad = torch.cat([first_bad, first_bad.new_full((extra,), -1)])
-    if set(new) != set(out_names):
-        missing = [n for n in out_names if n not in new]
-        raise ValueError(f"the distiller's loss terms changed within an epoch (missing {missing}); "
-                         "terms may only be added, at epoch boundaries")
-    return out_names, sums, first_bad
