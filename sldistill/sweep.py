@@ -190,7 +190,8 @@ def _run_parallel(jobs: Sequence[SweepJob], devices: Sequence[str], out: Path,
             if f is not None:
                 f.close()
             if rc != 0:
-                failed.append(f"{job.method} seed {job.seed} (exit {rc}; log {logs / f'{job.method}_seed{job.seed}.log'})")
+                log = logs / f"{job.method}_seed{job.seed}.log"
+                failed.append(f"{job.method} seed {job.seed} (exit {rc}; log {log})")
             del running[dev]
     if failed:
         raise RuntimeError("sweep runs failed: " + "; ".join(failed))

@@ -1,51 +1,78 @@
-"""Shared test fixtures: where the reference data lives, small helpers."""
+"""Shared test fixtures: where the reference data lives, small helpers.
+
+The reference vectors (the released implementations' outputs on fixed inputs) are part of the
+test suite: they live in ``tests/reference/`` and every clone tests against them. Only the
+published configs (``seed_configs``) are read from outside the repository, from the project's
+``shared/`` folder beside it; tests that need them skip, naming what is missing, when it is absent.
+"""
 from __future__ import annotations
 
 import gzip
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(__file__).resolve().parent / "reference"
+
+
+def load_reference(name: str) -> Any:
+    """The parsed JSON of ``tests/reference/<name>`` (``.gz`` files are decompressed)."""
+    path = REFERENCE / name
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt") as f:
+            return json.load(f)
+    return json.loads(path.read_text())
+
+
+def loss_vector_cases() -> list[dict]:
+    """The logit-loss reference cases; a plain function so modules can parametrize with it."""
+    return load_reference("loss_vectors.json")["cases"]
+
+
+def feature_vector_cases() -> list[dict]:
+    """The feature-distiller reference cases."""
+    return load_reference("feature_vectors.json.gz")["cases"]
 
 
 def shared_dir() -> Path | None:
-    """The project's shared/ folder: $SLDISTILL_SHARED, ../shared beside the repo, or /work/shared."""
-    candidates = [os.environ.get("SLDISTILL_SHARED"), REPO.parent / "shared", "/work/shared"]
-    for c in candidates:
-        if c and (Path(c) / "reference").is_dir():
-            return Path(c)
-    return None
+    """The project's shared/ folder holding the published configs (``seed_configs``):
+    ``$SLDISTILL_SHARED`` when set, otherwise ``../shared`` beside the repository; None when absent."""
+    env = os.environ.get("SLDISTILL_SHARED")
+    candidate = Path(env) if env else REPO.parent / "shared"
+    return candidate if (candidate / "seed_configs").is_dir() else None
 
 
 SHARED = shared_dir()
-needs_shared = pytest.mark.skipif(SHARED is None, reason="shared/ reference data folder not found (set SLDISTILL_SHARED)")
+SEED_CONFIGS_MISSING = "published configs not found: ../shared/seed_configs is absent (or set SLDISTILL_SHARED)"
+needs_shared = pytest.mark.skipif(SHARED is None, reason=SEED_CONFIGS_MISSING)
 
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
+    """The shared/ folder, for tests that read ``shared / "seed_configs"``."""
     if SHARED is None:
-        pytest.skip("shared/ reference data folder not found (set SLDISTILL_SHARED)")
+        pytest.skip(SEED_CONFIGS_MISSING)
     return SHARED
 
 
 @pytest.fixture(scope="session")
-def loss_vectors(shared: Path) -> list[dict]:
-    return json.loads((shared / "reference" / "loss_vectors.json").read_text())["cases"]
+def loss_vectors() -> list[dict]:
+    return loss_vector_cases()
 
 
 @pytest.fixture(scope="session")
-def feature_vectors(shared: Path) -> list[dict]:
-    with gzip.open(shared / "reference" / "feature_vectors.json.gz", "rt") as f:
-        return json.load(f)["cases"]
+def feature_vectors() -> list[dict]:
+    return feature_vector_cases()
 
 
 @pytest.fixture(scope="session")
-def model_signatures(shared: Path) -> dict:
-    return json.loads((shared / "reference" / "model_signatures.json").read_text())
+def model_signatures() -> dict:
+    return load_reference("model_signatures.json")
 
 
 @pytest.fixture(autouse=True)

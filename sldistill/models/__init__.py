@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .checkpoint import CheckpointError, LoadReport, WeightsMismatchError, load_state_dict_checked, load_weights
 from .common import ZooModel
-from .registry import available_models, create, family_of, resolve_name
+from .registry import available_models, create, family_of, register_model, resolve_name
 from .teachers import (
     CIFAR_TEACHERS,
     TEACHER_RELEASE_URL,
@@ -25,6 +25,7 @@ from .wrappers import WrappedModel
 
 __all__ = [
     "create",
+    "register_model",
     "load_weights",
     "load_state_dict_checked",
     "build_teacher",

@@ -73,7 +73,9 @@ class LoadReport:
         if self.missing:
             parts.append(f"{len(self.missing)} missing key(s) (in the model, not in the file): {_head(self.missing)}")
         if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected key(s) (in the file, not in the model): {_head(self.unexpected)}")
+            parts.append(
+                f"{len(self.unexpected)} unexpected key(s) (in the file, not in the model): {_head(self.unexpected)}"
+            )
         if self.mismatched:
             shown = [f"{k} file {list(a)} vs model {list(b)}" for k, a, b in self.mismatched[:_SHOW]]
             more = f", ... ({len(self.mismatched) - _SHOW} more)" if len(self.mismatched) > _SHOW else ""
@@ -89,7 +91,7 @@ def _head(keys: list[str]) -> str:
 def _numpy_safe_globals() -> list[Any]:
     """NumPy objects needed to rebuild plain arrays (e.g. saved NumPy RNG state)."""
     out: list[Any] = [np.ndarray, np.dtype]
-    core = getattr(np, "_core", None) or getattr(np, "core")
+    core = getattr(np, "_core", None) or np.core
     out.append(core.multiarray._reconstruct)
     out.append(type(np.dtype(np.uint32)))
     return out
@@ -197,7 +199,9 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], 
     report.missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     report.unexpected = [k for k in sd if k not in own]
     report.mismatched = [
-        (k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+        (k, tuple(sd[k].shape), tuple(own[k].shape))
+        for k in own
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
     ]
     if strict and not report.ok:
         raise WeightsMismatchError(

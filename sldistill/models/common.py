@@ -7,7 +7,7 @@ feature distillers (see :class:`ZooModel`).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "run_stage",
+    "stage_blocks",
     "conv_bn",
     "make_res_stage",
     "flatten_pool",
@@ -41,6 +42,8 @@ class ZooModel(nn.Module):
     methods below.
     """
 
+    _feat_channels: list[int]  # set by each subclass's __init__
+
     def get_stage_channels(self) -> list[int]:
         """Channels of the stages, as the published code reports them (see each model)."""
         raise NotImplementedError
@@ -55,7 +58,7 @@ class ZooModel(nn.Module):
 
     def get_feat_channels(self) -> list[int]:
         """Channels of each entry of ``features["feats"]`` (always consistent with them)."""
-        return list(self._feat_channels)  # type: ignore[attr-defined]
+        return list(self._feat_channels)
 
 
 def init_weights(model: nn.Module, linear_std: float | None = None, linear_zero_bias: bool = False) -> None:
@@ -88,6 +91,7 @@ def conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1) -> nn.Sequent
 class _Residual(nn.Module):
     """A residual block split into ``preact`` (sum before the ReLU) and ``activate``."""
 
+    expansion: ClassVar[int] = 1
     _shortcut_name: str
 
     def _register_shortcut(self, shortcut: nn.Module | None, name: str) -> None:
@@ -100,6 +104,11 @@ class _Residual(nn.Module):
     def _shortcut(self, x: Tensor) -> Tensor:
         sc = getattr(self, self._shortcut_name)
         return x if sc is None else sc(x)
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:  # pragma: no cover - abstract
+        """The BatchNorm whose output is added to the shortcut."""
+        raise NotImplementedError
 
     def preact(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -162,16 +171,21 @@ class Bottleneck(_Residual):
         return self.bn3(self.conv3(out)) + self._shortcut(x)
 
 
+def stage_blocks(stage: nn.Sequential) -> list[_Residual]:
+    """The residual blocks of a stage built by :func:`make_res_stage`."""
+    return cast("list[_Residual]", list(stage))
+
+
 def run_stage(stage: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
     """Run a stage of blocks; return its output and the last block's pre-activation."""
-    blocks = list(stage)
+    blocks = stage_blocks(stage)
     for block in blocks[:-1]:
         x = block(x)
     pre = blocks[-1].preact(x)
     return blocks[-1].activate(pre), pre
 
 
-def make_res_stage(block: type[_Residual], inplanes: int, planes: int, num_blocks: int, stride: int,
+def make_res_stage(block: type[BasicBlock] | type[Bottleneck], inplanes: int, planes: int, num_blocks: int, stride: int,
                    shortcut_name: str) -> tuple[nn.Sequential, int]:
     """A stage of ``num_blocks`` blocks; a projection shortcut where the shape changes."""
     out = planes * block.expansion

@@ -15,9 +15,32 @@ from torch import nn
 from . import cifar, imagenet
 from .wrappers import create_from_callable, create_timm, create_torchvision, is_external_name
 
-__all__ = ["create", "family_of", "available_models", "resolve_name"]
+__all__ = ["create", "family_of", "available_models", "resolve_name", "register_model"]
 
 log = logging.getLogger("sldistill.models")
+
+
+def register_model(name: str, family: str = "cifar"):
+    """Decorator: register ``factory(num_classes) -> nn.Module`` as zoo model ``name`` of
+    ``family`` (``"cifar"``: 32x32 inputs, every dataset but ImageNet; ``"imagenet"``).
+
+    The model's ``forward(x)`` must return ``(logits, features)`` (see docs/architecture.md);
+    ``tests/test_models.py`` checks that contract for every registered name.
+
+    Raises:
+        ValueError: ``family`` is not ``cifar`` / ``imagenet``, or ``name`` is taken.
+    """
+    if family not in ("cifar", "imagenet"):
+        raise ValueError(f"register_model: family must be 'cifar' or 'imagenet', got {family!r}")
+    table = cifar.MODELS if family == "cifar" else imagenet.MODELS
+
+    def deco(factory):
+        if name in table:
+            raise ValueError(f"model name {name!r} is already registered in the {family} zoo")
+        table[name] = factory
+        return factory
+
+    return deco
 
 
 def family_of(dataset: str) -> str:

@@ -19,10 +19,11 @@ from urllib.parse import urlparse
 
 from torch import nn
 
+from sldistill._cfg import cfg_get
+
 from .checkpoint import extract_state_dict, load_state_dict_checked, load_weights, read_checkpoint
 from .imagenet import TORCHVISION_WEIGHTS
 from .registry import create, family_of, resolve_name
-from sldistill._cfg import cfg_get
 
 __all__ = [
     "PublishedTeacher",
@@ -189,7 +190,9 @@ def build_teacher(cfg: Any, num_classes: int, *, download: bool | None = None) -
         path = teacher_checkpoint_path(name, teacher_root(cfg))
         expected = CIFAR_TEACHERS[name].sha256
         if expected is not None and _sha256(path) != expected:
-            raise ValueError(f"{path}: SHA-256 differs from the published {expected}; re-download it from {TEACHER_RELEASE_URL}")
+            raise ValueError(
+                f"{path}: SHA-256 differs from the published {expected}; re-download it from {TEACHER_RELEASE_URL}"
+            )
         load_weights(model, path, strict=True)
     return model.eval()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +64,12 @@ class WrappedModel(nn.Module):
         pooled: list[Tensor] = []
         handles = []
         for i, m in enumerate(self._probe_modules):
-            handles.append(m.register_forward_hook(lambda _m, _i, o, i=i: outs.append((i, o)) if isinstance(o, Tensor) else None))
+
+            def keep(_m: nn.Module, _inp: Any, o: Any, i: int = i) -> None:
+                if isinstance(o, Tensor):
+                    outs.append((i, o))
+
+            handles.append(m.register_forward_hook(keep))
         if self._classifier is not None:
             handles.append(self._classifier.register_forward_pre_hook(lambda _m, inp: pooled.append(inp[0])))
         try:
@@ -117,7 +122,9 @@ class WrappedModel(nn.Module):
         return self.get_stage_channels()
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
-        raise NotImplementedError(f"{self.source}: wrapped models expose no BatchNorm-before-ReLU layers (needed by OFD)")
+        raise NotImplementedError(
+            f"{self.source}: wrapped models expose no BatchNorm-before-ReLU layers (needed by OFD)"
+        )
 
     def get_feat_modules(self) -> nn.ModuleList:
         """The modules before the classifier whose outputs are scanned for features."""
@@ -177,7 +184,7 @@ def create_from_callable(spec: str, num_classes: int, input_size: int) -> nn.Mod
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ValueError(f"model name {spec!r}: cannot import module {module_name!r}: {e}") from e
-    fn: Callable[..., Any] | None = module
+    fn: Any = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
     if fn is None or not callable(fn):

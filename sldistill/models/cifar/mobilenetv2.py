@@ -5,6 +5,8 @@ Parameter names: ``conv1`` (3x3 stride-2 conv-BN-ReLU), ``blocks.{i}.{j}.conv.{0
 """
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from ..common import Features, ZooModel, flatten_pool, make_features
@@ -36,12 +38,20 @@ class InvertedResidual(nn.Module):
             nn.BatchNorm2d(cout),
         )
 
+    @property
+    def project_bn(self) -> nn.BatchNorm2d:
+        """The BatchNorm of the linear projection (the block's last layer)."""
+        return cast(nn.BatchNorm2d, self.conv[-1])
+
     def forward(self, x: Tensor) -> Tensor:
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
 # (expansion, channels, repeats, first stride); expansion None = the model's expansion T
-_SETTING = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1)]
+_SETTING = [
+    (1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
+    (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1),
+]
 
 
 class MobileNetV2(ZooModel):
@@ -99,7 +109,8 @@ class MobileNetV2(ZooModel):
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The projection BN of the last block of blocks 1, 2, 4 and 6."""
-        return [self.blocks[i][-1].conv[-1] for i in (1, 2, 4, 6)]
+        last_units = [cast(InvertedResidual, cast(nn.Sequential, self.blocks[i])[-1]) for i in (1, 2, 4, 6)]
+        return [unit.project_bn for unit in last_units]
 
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.conv1, self.blocks])

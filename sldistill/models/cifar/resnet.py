@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..common import BasicBlock, Features, ZooModel, flatten_pool, init_weights, make_features, make_res_stage, run_stage
+from ..common import (
+    BasicBlock,
+    Features,
+    ZooModel,
+    flatten_pool,
+    init_weights,
+    make_features,
+    make_res_stage,
+    run_stage,
+    stage_blocks,
+)
 
 __all__ = ["CifarResNet", "MODELS"]
 
@@ -56,7 +66,7 @@ class CifarResNet(ZooModel):
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """Last BatchNorm of each stage's last block (stage1..3)."""
-        return [layer[-1].last_bn for layer in (self.layer1, self.layer2, self.layer3)]
+        return [stage_blocks(layer)[-1].last_bn for layer in (self.layer1, self.layer2, self.layer3)]
 
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.conv1, self.bn1, self.relu, self.layer1, self.layer2, self.layer3])

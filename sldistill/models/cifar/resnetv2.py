@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..common import BasicBlock, Bottleneck, Features, ZooModel, flatten_pool, init_weights, make_features, make_res_stage, run_stage
+from ..common import (
+    BasicBlock,
+    Bottleneck,
+    Features,
+    ZooModel,
+    flatten_pool,
+    init_weights,
+    make_features,
+    make_res_stage,
+    run_stage,
+    stage_blocks,
+)
 
 __all__ = ["CifarResNetV2", "MODELS"]
 
@@ -22,7 +33,9 @@ class CifarResNetV2(ZooModel):
     :meth:`get_feat_channels` for those).
     """
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], num_blocks: list[int], num_classes: int = 100) -> None:
+    def __init__(
+        self, block: type[BasicBlock] | type[Bottleneck], num_blocks: list[int], num_classes: int = 100
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -50,7 +63,7 @@ class CifarResNetV2(ZooModel):
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """Last BatchNorm of each stage's last block (stage1..4)."""
-        return [layer[-1].last_bn for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
+        return [stage_blocks(layer)[-1].last_bn for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
 
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3, self.layer4])

@@ -4,6 +4,8 @@ Both start with a 1x1 conv (24 channels, stride 1) and have three strided stages
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -53,20 +55,24 @@ class ShuffleV1Unit(nn.Module):
 
 
 class _ShuffleBase(ZooModel):
+    # set by the subclasses' __init__
+    conv1: nn.Conv2d
+    bn1: nn.BatchNorm2d
     layer1: nn.Sequential
     layer2: nn.Sequential
     layer3: nn.Sequential
 
     def _stages(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        f0 = F.relu(self.bn1(self.conv1(x)))  # type: ignore[attr-defined]
+        f0 = F.relu(self.bn1(self.conv1(x)))
         feats, pres = [f0], [f0]
         out = f0
         for layer in (self.layer1, self.layer2, self.layer3):
             blocks = list(layer)
             for block in blocks[:-1]:
                 out = block(out)
-            pre = blocks[-1].preact(out)
-            out = blocks[-1].activate(pre)
+            last = cast("ShuffleV1Unit | ShuffleV2Unit", blocks[-1])
+            pre = last.preact(out)
+            out = last.activate(pre)
             feats.append(out)
             pres.append(pre)
         return feats, pres
@@ -82,7 +88,7 @@ class _ShuffleBase(ZooModel):
         )
 
     def get_feat_modules(self) -> nn.ModuleList:
-        return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])  # type: ignore[attr-defined]
+        return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
 
 
 class ShuffleNetV1(_ShuffleBase):

@@ -6,6 +6,8 @@ linear ``classifier``.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -38,6 +40,13 @@ class VGG(ZooModel):
     max-pool between block3 and block4 is applied only to 64-pixel-high inputs (so 32x32
     inputs give 4x4 maps at both block3 and block4).
     """
+
+    # registered by name in __init__ (one per entry of the config)
+    block0: nn.Sequential
+    block1: nn.Sequential
+    block2: nn.Sequential
+    block3: nn.Sequential
+    block4: nn.Sequential
 
     def __init__(self, cfg: list[list[int]], num_classes: int = 100) -> None:
         super().__init__()
@@ -74,7 +83,7 @@ class VGG(ZooModel):
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The final BN of block1..block4."""
-        return [self.block1[-1], self.block2[-1], self.block3[-1], self.block4[-1]]
+        return [cast(nn.BatchNorm2d, block[-1]) for block in (self.block1, self.block2, self.block3, self.block4)]
 
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([

@@ -5,6 +5,8 @@ convShortcut}``, final ``bn1`` and ``fc``.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -51,10 +53,15 @@ class NetworkBlock(nn.Module):
             *[WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, drop_rate) for i in range(n)]
         )
 
+    @property
+    def first(self) -> WideBlock:
+        """The first block (the one that may change width/stride)."""
+        return cast(WideBlock, self.layer[0])
+
     def forward_with_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Output, and ``bn1`` of the first block applied to the input (the previous stage's
         pre-activation feature)."""
-        first = self.layer[0]
+        first = self.first
         pre = first.bn1(x)
         out = first.forward_from_bn1(x, pre)
         for block in list(self.layer)[1:]:
@@ -106,7 +113,7 @@ class WideResNet(ZooModel):
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The BNs producing ``preact_feats[1:]``."""
-        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+        return [self.block2.first.bn1, self.block3.first.bn1, self.bn1]
 
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.conv1, self.block1, self.block2, self.block3])

@@ -1,6 +1,8 @@
 """ImageNet ``MobileNetV1`` as published (parameter names ``model.{i}.{j}``, classifier ``fc``)."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -38,7 +40,7 @@ class MobileNetV1(ZooModel):
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
-        layers: list[nn.Module] = [_conv_bn(3, 32, 2)] + [_conv_dw(a, b, s) for a, b, s in _DW]
+        layers: list[nn.Module] = [_conv_bn(3, 32, 2), *(_conv_dw(a, b, s) for a, b, s in _DW)]
         layers.append(nn.AdaptiveAvgPool2d(1))
         self.model = nn.Sequential(*layers)
         self.fc = nn.Linear(1024, num_classes)
@@ -51,7 +53,7 @@ class MobileNetV1(ZooModel):
         for end in _STAGE_ENDS:
             for i in range(start, end):
                 out = self.model[i](out)
-            for m in list(self.model[end])[:-1]:  # the stage's last unit, without its final ReLU
+            for m in list(cast(nn.Sequential, self.model[end]))[:-1]:  # the stage's last unit, without its final ReLU
                 out = m(out)
             pre = out
             out = F.relu(pre)
@@ -67,7 +69,7 @@ class MobileNetV1(ZooModel):
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The final BatchNorm of each stage end (producing ``preact_feats``)."""
-        return [self.model[i][-2] for i in _STAGE_ENDS]
+        return [cast(nn.BatchNorm2d, cast(nn.Sequential, self.model[i])[-2]) for i in _STAGE_ENDS]
 
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.model])

@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..common import BasicBlock, Bottleneck, Features, ZooModel, flatten_pool, init_weights, make_features, make_res_stage, run_stage
+from ..common import (
+    BasicBlock,
+    Bottleneck,
+    Features,
+    ZooModel,
+    flatten_pool,
+    init_weights,
+    make_features,
+    make_res_stage,
+    run_stage,
+    stage_blocks,
+)
 
 __all__ = ["ImageNetResNet", "MODELS", "TORCHVISION_WEIGHTS"]
 
@@ -51,7 +62,7 @@ class ImageNetResNet(ZooModel):
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """Last BatchNorm of each stage's last block (stage1..4)."""
-        return [layer[-1].last_bn for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
+        return [stage_blocks(layer)[-1].last_bn for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
 
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([
@@ -59,7 +70,7 @@ class ImageNetResNet(ZooModel):
         ])
 
 
-_SPECS = {
+_SPECS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] = {
     "ResNet18": (BasicBlock, [2, 2, 2, 2]),
     "ResNet34": (BasicBlock, [3, 4, 6, 3]),
     "ResNet50": (Bottleneck, [3, 4, 6, 3]),
