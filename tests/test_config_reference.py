@@ -28,17 +28,20 @@ def test_defaults_are_the_declared_ones():
     assert get_defaults("logit-standardization").KD.LOSS.KD_WEIGHT == 9.0
 
 
-def test_rendered_page_lists_each_key_with_its_default():
-    text = render_markdown()
+def test_rendered_pages_list_each_key_with_its_default():
+    from sldistill.engine.config.reference import render_method_keys
+
+    text = render_markdown() + "\n".join(render_method_keys(n) for n in _trainable_methods())
     for name in schema():
-        assert f"| `{name}` |" in text
+        assert f"| `{name}` |" in text, name
     assert "| `SLD.GAMMA` | int | `150` | >= 0 |" in text
     assert "| `KD.TEMPERATURE` | float | `4.0` | > 0 |" in text
+    assert "| `SOLVER.LR` | float | `0.05` | >= 0 |" in render_markdown()
 
 
 def test_docs_configs_md_is_up_to_date():
     assert DOC.read_text() == render_markdown(), (
-        "docs/configs.md is stale: run `python -m sldistill.engine.config.reference > docs/configs.md`")
+        "docs/configs.md is stale: run `python -m sldistill.engine.config.reference --write`")
 
 
 def test_a_registered_distiller_adds_its_keys_and_conflicts_are_refused(monkeypatch):
@@ -50,8 +53,11 @@ def test_a_registered_distiller_adds_its_keys_and_conflicts_are_refused(monkeypa
         """A method that only exists in this test."""
         config = {"REFTEST.ALPHA": Key(0.5, "A weight that only exists in this test.", ge=0)}
 
+    from sldistill.engine.config.reference import render_method_keys
+
     assert schema()["REFTEST.ALPHA"].default == 0.5
-    assert "| `REFTEST.ALPHA` | float | `0.5` | >= 0 |" in render_markdown()
+    assert "| `REFTEST.ALPHA` | float | `0.5` | >= 0 |" in render_method_keys("REFTEST")
+    assert "`REFTEST`" in render_markdown()  # listed among the method sections
     assert get_defaults().REFTEST.ALPHA == 0.5
 
     with pytest.raises(ValueError, match=r"KD\.TEMPERATURE is declared differently"):
@@ -60,3 +66,44 @@ def test_a_registered_distiller_adds_its_keys_and_conflicts_are_refused(monkeypa
             config = {"KD.TEMPERATURE": Key(3.0, "A clashing declaration of a shared key.")}
     with pytest.raises(ValueError, match="registered twice"):
         register("KD")(RefTest)
+
+
+METHODS_DOC = DOC.parent / "methods.md"
+
+
+def _trainable_methods() -> list[str]:
+    from sldistill.distillers import Unreleased, available_distillers, get_distiller_class
+
+    return [n for n in available_distillers(aliases=False) if not issubclass(get_distiller_class(n), Unreleased)]
+
+
+def test_every_registered_method_has_its_section_and_key_table():
+    """Runs over the registry: a method registered without a docs/methods.md section fails."""
+    from sldistill.engine.config.reference import METHOD_KEYS_RE
+
+    text = METHODS_DOC.read_text()
+    headings = {line[3:].split(":")[0].strip() for line in text.splitlines() if line.startswith("## ")}
+    blocks = {m["name"] for m in METHOD_KEYS_RE.finditer(text)}
+    for name in _trainable_methods():
+        assert name in headings, f"docs/methods.md has no '## {name}' section"
+        assert name in blocks, f"docs/methods.md's {name} section has no '<!-- keys {name} -->' block"
+
+
+def test_docs_methods_md_key_tables_are_up_to_date():
+    from sldistill.engine.config.reference import update_methods_doc
+
+    text = METHODS_DOC.read_text()
+    assert update_methods_doc(text) == text, (
+        "docs/methods.md key tables are stale: run `python -m sldistill.engine.config.reference --write`")
+
+
+def test_a_method_without_its_section_is_caught(monkeypatch):
+    monkeypatch.setattr(distillers_base, "_REGISTRY", dict(distillers_base._REGISTRY))
+    monkeypatch.setattr(distillers_base, "_CANONICAL", dict(distillers_base._CANONICAL))
+
+    @register("UNDOCUMENTED")
+    class Undocumented(Distiller):
+        """Registered in this test only."""
+
+    with pytest.raises(AssertionError, match="no '## UNDOCUMENTED' section"):
+        test_every_registered_method_has_its_section_and_key_table()

@@ -126,7 +126,7 @@ def test_plugin_shows_in_methods_listing_and_reference(setup):
     res = _run(setup, "methods", "--plugin", "my_methods", "--keys")
     assert res.returncode == 0, res.stderr
     assert "TINYKD" in res.stdout and "TINYKD.T = 2.0" in res.stdout and "SLD" in res.stdout
-    code = ("import my_methods; from sldistill.engine.config.reference import render_markdown; "
-            "print(render_markdown())")
+    code = ("import my_methods; from sldistill.engine.config.reference import render_method_keys; "
+            "print(render_method_keys('TINYKD'))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=setup["env"], timeout=120)
     assert "| `TINYKD.WEIGHT` | float | `0.5` | >= 0 |" in res.stdout
