@@ -76,7 +76,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                                    "(--cfg FILE, or the file as the first argument: `sldistill train "
                                    "cifar100/sld/resnet32x4_resnet8x4`); without one, the defaults.")
     _add_config_args(p, required=False)
-    p.add_argument("--resume", action="store_true", help="continue from <run dir>/latest.pth")
+    p.add_argument("--resume", action="store_true", help="continue the run in the run folder (from its latest.pth)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run that the run folder already holds (without it, such a folder is refused)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue even if the models, method, data or seed changed")
     p.add_argument("--logit-stand", action="store_true",
                    help="logit standardization as the logit-standardization release's flag (z-score logits, "
                         "KD temperature --base-temp, KD weight --kd-weight)")
@@ -103,7 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             validate_config(cfg, "<command line>")
         from sldistill.engine.run import train
 
-        result = train(cfg, resume=args.resume, stop_flag=STOP, log_interval=args.log_interval)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite,
+                       allow_config_change=args.allow_config_change, stop_flag=STOP, log_interval=args.log_interval)
     finally:
         restore()
     if result.status == "interrupted":
@@ -379,20 +384,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
+    # under torchrun every rank fails alike: rank 0 alone says why
+    say = (lambda msg: print(msg, file=sys.stderr)) if os.environ.get("RANK", "0") == "0" else (lambda msg: None)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         if os.environ.get("SLDISTILL_DEBUG"):
             raise
-        print(f"sldistill {args.command}: config error: {exc}", file=sys.stderr)
+        say(f"sldistill {args.command}: config error: {exc}")
         return 2
     except NonFiniteLossError as exc:
-        print(f"sldistill {args.command}: {exc}", file=sys.stderr)
+        say(f"sldistill {args.command}: {exc}")
         return 3
     except (ValueError, FileNotFoundError) as exc:
         if os.environ.get("SLDISTILL_DEBUG"):
             raise
-        print(f"sldistill {args.command}: error: {exc}", file=sys.stderr)
+        say(f"sldistill {args.command}: error: {exc}")
+        return 2
+    except OSError as exc:  # read-only folder, disk full, ...: one line naming the path and the cause
+        if os.environ.get("SLDISTILL_DEBUG"):
+            raise
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        say(f"sldistill {args.command}: cannot use{where}: {exc.strerror or exc} (files written before are "
+            "intact: checkpoints are replaced atomically)")
         return 2
     except KeyboardInterrupt:
         print(f"sldistill {args.command}: interrupted", file=sys.stderr)

@@ -58,6 +58,8 @@ class Key:
         check: an extra ``value -> problem or None`` test (the problem names what is valid).
         increasing: lists only: the values must not decrease.
         nonempty: lists only: at least one element.
+        compat: accepted for compatibility with published files but not acted on (the
+            trainer lists such keys once at start).
     """
 
     default: Any
@@ -70,6 +72,7 @@ class Key:
     check: Callable[[Any], str | None] | None = None
     increasing: bool = False
     nonempty: bool = False
+    compat: bool = False
 
     def __post_init__(self) -> None:
         if not self.kind:

@@ -401,7 +401,17 @@ def test_save_and_reload_round_trip(tmp_path: Path, rel: str, base: str | None) 
 
 def test_run_dir() -> None:
     cfg = load_config(None, ["LOG.PREFIX=/tmp/out", "EXPERIMENT.PROJECT=p", "EXPERIMENT.TAG=kd,a,b"])
-    assert run_dir(cfg) == Path("/tmp/out/p/kd,a,b")
+    folder = run_dir(cfg)
+    assert folder.parent == Path("/tmp/out/p") and folder.name.startswith("kd,a,b-") and len(folder.name) == 13
+    assert run_dir(cfg) == folder  # stable
+    # the README's "your own data" case: same file (TAG), other data or models -> another folder
+    for key, value in (("DATASET.TYPE", "folder"), ("DATASET.ROOT", "/data/mine"), ("DISTILLER.STUDENT", "resnet8"),
+                       ("EXPERIMENT.SEED", 1)):
+        other = load_config(None, ["LOG.PREFIX=/tmp/out", "EXPERIMENT.PROJECT=p", "EXPERIMENT.TAG=kd,a,b",
+                                   key, str(value)])
+        assert run_dir(other) != folder, key
+    assert run_dir(load_config(None, ["LOG.PREFIX=/tmp/out", "EXPERIMENT.TAG=kd,a,b", "SOLVER.LR", "0.1",
+                                      "EXPERIMENT.PROJECT=p"])) == folder  # a solver change: same folder
     cfg.EXPERIMENT.NAME = "named"
     assert run_dir(cfg) == Path("/tmp/out/p/named")
 

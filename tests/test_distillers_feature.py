@@ -201,7 +201,7 @@ def test_crd_memory_is_buffer_and_updates():
     torch.testing.assert_close(d.contrast.memory_v1[idx].norm(dim=1), torch.ones(len(idx)))
     assert float(d.contrast.params[2]) > 0 and float(d.contrast.params[3]) > 0  # Z set from the first batch
     x, y, _ = batch(0)
-    with pytest.raises(ValueError, match="SOLVER.TRAINER crd"):
+    with pytest.raises(ValueError, match="CRD needs each sample's dataset index"):
         d.forward_train([x], y, 1)
     # without contrast_index: uniform negatives are drawn, positive in column 0
     _, terms = d.forward_train([x], y, 1, index=idx)

@@ -13,6 +13,7 @@ from typing import Any
 from .cifar import ensure_cifar100, read_cifar100
 from .fashion_mnist import FASHION_MNIST_SYSTEM_DIR, ensure_fashion_mnist, read_fashion_mnist
 from .folders import read_folder, read_imagenet, read_tiny_imagenet
+from .keys import data_option
 from .registry import DatasetSpec, register_dataset
 from .transforms import RandomCropFlip, RandomResizedCropFlip, RandomRotateFlip, ResizeCenterCrop, ToArray
 
@@ -66,10 +67,11 @@ def _read_tiny_imagenet(cfg: Any, root: Path, download: bool, rank: int) -> tupl
     "DATASET.DOWNLOAD: true on a machine with internet, or copy the four IDX files from "
     "https://github.com/zalandoresearch/fashion-mnist into ROOT"), transforms=_cifar_views)
 def _read_fashion_mnist(cfg: Any, root: Path, download: bool, rank: int) -> tuple:
-    folder = ensure_fashion_mnist(root, download, rank)
+    explicit = bool(str(data_option(cfg, "DATASET.ROOT")).strip())
+    folder = ensure_fashion_mnist(root, download, rank, system=not explicit)
     xtr, ytr, classes = read_fashion_mnist(folder, train=True)
     xte, yte, _ = read_fashion_mnist(folder, train=False)
-    return (xtr, ytr), (xte, yte), classes
+    return (xtr, ytr), (xte, yte), classes, folder
 
 
 # transforms: the default (sized_views at DATASET.IMAGE_SIZE, 0 meaning the spec's 32)

@@ -58,27 +58,29 @@ def _find_idx(folder: Path, name: str) -> Path | None:
     return None
 
 
-def fashion_mnist_dirs(root: Path) -> list[Path]:
-    """Folders searched for the IDX files, in order."""
-    return [root, root / "fashion-mnist", root / "fashion_mnist", root / "FashionMNIST" / "raw",
-            Path(FASHION_MNIST_SYSTEM_DIR)]
+def fashion_mnist_dirs(root: Path, system: bool = True) -> list[Path]:
+    """Folders searched for the IDX files, in order (the Debian package's folder last, and only
+    with ``system``: an explicit ``DATASET.ROOT`` is never silently replaced by it)."""
+    dirs = [root, root / "fashion-mnist", root / "fashion_mnist", root / "FashionMNIST" / "raw"]
+    return dirs + ([Path(FASHION_MNIST_SYSTEM_DIR)] if system else [])
 
 
-def find_fashion_mnist(root: Path) -> Path | None:
+def find_fashion_mnist(root: Path, system: bool = True) -> Path | None:
     """The first folder of :func:`fashion_mnist_dirs` that holds all four IDX files, or None."""
     names = _FMNIST_FILES[True] + _FMNIST_FILES[False]
-    for d in fashion_mnist_dirs(root):
+    for d in fashion_mnist_dirs(root, system):
         if all(_find_idx(d, n) for n in names):
             return d
     return None
 
 
-def ensure_fashion_mnist(root: Path, download: bool, rank: int = 0) -> Path:
-    """The folder with the four IDX files, downloading into ``root`` when allowed."""
-    found = find_fashion_mnist(root)
+def ensure_fashion_mnist(root: Path, download: bool, rank: int = 0, system: bool = True) -> Path:
+    """The folder with the four IDX files, downloading into ``root`` when allowed. ``system``:
+    also look in the Debian package's folder (only when no ``DATASET.ROOT`` was given)."""
+    found = find_fashion_mnist(root, system)
     if found is not None:
         return found
-    looked = fashion_mnist_dirs(root)
+    looked = fashion_mnist_dirs(root, system)
     if not download:
         raise missing_data_error("fashion_mnist", looked, "DATASET.DOWNLOAD is false.")
     raw = root / "FashionMNIST" / "raw"
@@ -91,7 +93,7 @@ def ensure_fashion_mnist(root: Path, download: bool, rank: int = 0) -> Path:
             FashionMNIST(str(root), train=True, download=True)
         except Exception as e:
             raise missing_data_error("fashion_mnist", looked, f"Download failed: {e!r}.") from e
-    found = find_fashion_mnist(root)
+    found = find_fashion_mnist(root, system)
     if found is None:
         raise missing_data_error("fashion_mnist", looked, "Download did not produce the files.")
     return found

@@ -100,6 +100,7 @@ class Datasets:
     kind: str
     contrastive: bool = False
     test_transform: Callable | None = None
+    source: str = ""  #: where the files were read from
 
 
 def _dataset(kind: str, split: Any, classes: list[str], views: list, seed: int) -> ArrayDataset | FileDataset:
@@ -138,7 +139,9 @@ def build_datasets(cfg: Any, *, num_views: int = 1, contrastive: bool = False, r
     seed = int(cfg_get(cfg, "EXPERIMENT.SEED", 0) if seed is None else seed)
     root = resolve_root(data_option(cfg, "DATASET.ROOT"))
     train_view, test_view = entry.transforms(cfg)
-    train_split, val_split, classes = entry.read(cfg, root, data_option(cfg, "DATASET.DOWNLOAD"), rank)
+    read = entry.read(cfg, root, data_option(cfg, "DATASET.DOWNLOAD"), rank)
+    train_split, val_split, classes = read[:3]
+    source = str(read[3]) if len(read) > 3 else str(root)  # a reader may say where it found the files
     classes = [str(c) for c in classes]
     train = _dataset(entry.name, train_split, classes, [train_view] * num_views, seed)
     val = _dataset(entry.name, val_split, classes, [test_view], seed)
@@ -158,7 +161,7 @@ def build_datasets(cfg: Any, *, num_views: int = 1, contrastive: bool = False, r
         train_collate=BatchCollate(spec.mean, spec.std, train=True, strong=strong, seed=seed, rank=rank),
         val_collate=BatchCollate(spec.mean, spec.std, train=False, seed=seed, rank=rank),
         num_views=num_views, mean=spec.mean, std=spec.std, seed=seed, kind=entry.name,
-        contrastive=bool(contrastive), test_transform=test_view,
+        contrastive=bool(contrastive), test_transform=test_view, source=source,
     )
 
 

@@ -47,8 +47,9 @@ __all__ = [
 Transform = Callable[[Any, np.random.Generator], np.ndarray]
 #: one split as a reader returns it: ``(uint8 images [N, H, W, C], labels)`` or ``[(path, label)]``
 Split = Union[Tuple[np.ndarray, Sequence[int]], Sequence[Tuple[str, int]]]
-#: ``(cfg, root, download, rank) -> (train split, val split, class names)``
-Reader = Callable[[Any, Path, bool, int], Tuple[Split, Split, Sequence[str]]]
+#: ``(cfg, root, download, rank) -> (train split, val split, class names)``, optionally with a
+#: fourth item: the folder the files were found in (logged as the data source)
+Reader = Callable[[Any, Path, bool, int], Tuple[Any, ...]]
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ Student and teacher ``pooled_feat`` are embedded (linear + L2 norm) to ``CRD.FEA
 each is scored against ``CRD.NCE.K + 1`` rows (the positive, then K negatives) of the other
 side's momentum memory bank; the NCE loss of both directions is the feature term.
 The batches carry ``index`` (dataset index of each sample, the positive) and
-``contrast_index`` (``[B, K+1]``, column 0 the positive) when ``SOLVER.TRAINER`` is
-``crd``/``crd_dot``; the sampling (exact/relax, ``CRD.MODE``) is the data pipeline's.
+``contrast_index`` (``[B, K+1]``, column 0 the positive), which the loaders sample because the
+distiller lists both in ``needs``; the sampling (exact/relax, ``CRD.MODE``) is the data pipeline's.
 """
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ class ContrastMemory(nn.Module):
 
     @torch.no_grad()
     def _update(self, memory: Tensor, emb: Tensor, index: Tensor) -> None:
-        rows = memory.index_select(0, index) * self.momentum + emb.detach().to(memory.dtype) * (1 - self.momentum)
+        emb, index = _gather_rows(emb.detach(), index)  # every rank applies every rank's rows
+        rows = memory.index_select(0, index) * self.momentum + emb.to(memory.dtype) * (1 - self.momentum)
         memory.index_copy_(0, index, rows / rows.pow(2).sum(dim=1, keepdim=True).sqrt())
 
     def forward(self, emb_s: Tensor, emb_t: Tensor, index: Tensor, contrast_index: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,14 +65,46 @@ class ContrastMemory(nn.Module):
         move towards this batch's embeddings at ``index``."""
         out_s = self._scores(self.memory_v2, emb_s, contrast_index)
         out_t = self._scores(self.memory_v1, emb_t, contrast_index)
-        with torch.no_grad():  # Z: set once, from the first batch (no host sync)
-            z_s = torch.where(self.params[2] < 0, out_s.mean().to(self.params.dtype) * self.num_data, self.params[2])
-            z_t = torch.where(self.params[3] < 0, out_t.mean().to(self.params.dtype) * self.num_data, self.params[3])
+        with torch.no_grad():  # Z: set once, from the first (global) batch (no host sync)
+            means = _mean_over_ranks(torch.stack([out_s.mean(), out_t.mean()]).to(self.params.dtype))
+            z_s = torch.where(self.params[2] < 0, means[0] * self.num_data, self.params[2])
+            z_t = torch.where(self.params[3] < 0, means[1] * self.num_data, self.params[3])
             self.params[2], self.params[3] = z_s, z_t
         out_s, out_t = out_s / z_s.to(out_s.dtype), out_t / z_t.to(out_t.dtype)
         self._update(self.memory_v1, emb_s, index)
         self._update(self.memory_v2, emb_t, index)
         return out_s, out_t
+
+
+def _ranks() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather_rows(emb: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """Every rank's ``(emb, index)`` concatenated (as is in one process). Under DDP each rank
+    sees its own samples; the memory banks must take all of them, as one process over the
+    global batch would, so they are gathered rather than broadcast from rank 0."""
+    n = _ranks()
+    if n == 1:
+        return emb, index
+    import torch.distributed as dist
+
+    embs, idxs = [torch.empty_like(emb) for _ in range(n)], [torch.empty_like(index) for _ in range(n)]
+    dist.all_gather(embs, emb.contiguous())
+    dist.all_gather(idxs, index.contiguous())
+    return torch.cat(embs), torch.cat(idxs)
+
+
+def _mean_over_ranks(t: Tensor) -> Tensor:
+    if _ranks() == 1:
+        return t
+    import torch.distributed as dist
+
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / _ranks()
 
 
 def _num_data(cfg: Any, num_data: int | None) -> int:
@@ -102,6 +135,8 @@ class CRD(FeatureDistiller):
 
     section = "CRD"
     needs = ("index", "contrast_index")
+    #: per-sample buffers kept equal on every rank by gathering each step's rows (DDP leaves them alone)
+    gathered_buffers = ("contrast.",)
     config = {
         "CRD.MODE": Key("exact", "How the loaders pick the positive: exact = the sample itself, relax = a "
                                  "random training sample of the same class.", choices=("exact", "relax")),
@@ -135,7 +170,8 @@ class CRD(FeatureDistiller):
     def feature_loss(self, feats_s: dict, feats_t: dict, epoch: int, index: Tensor | None = None,
                      contrast_index: Tensor | None = None, **extras: Any) -> Tensor:
         if index is None:
-            raise ValueError("CRD needs each sample's dataset index: train with SOLVER.TRAINER crd (or crd_dot)")
+            raise ValueError("CRD needs each sample's dataset index (batch item 'index'; the engine's loaders "
+                             "give it because CRD declares needs = ('index', 'contrast_index'))")
         index = index.reshape(-1).long()
         if contrast_index is None:  # uniform negatives, positive in column 0
             contrast_index = torch.randint(0, self.num_data, (index.shape[0], self.contrast.k + 1), device=index.device)

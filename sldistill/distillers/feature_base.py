@@ -75,7 +75,8 @@ class FeatureDistiller(Distiller):
         if isinstance(views, Tensor):
             views = [views]
         if len(views) != 1:
-            raise ValueError(f"{self.section} trains on one view, got {len(views)} (use SOLVER.TRAINER base or crd)")
+            raise ValueError(f"{self.section} trains on one view, got {len(views)} "
+                             "(the loaders build as many views as the distiller's num_views)")
         logits, feats_s = self.student(views[0])
         (_, feats_t), = self.teacher_forward(views)
         loss_ce = self.ce_weight * F.cross_entropy(logits, target)

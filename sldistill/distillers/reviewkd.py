@@ -42,7 +42,7 @@ class REVIEWKD(FeatureDistiller):
         "REVIEWKD.OUT_CHANNELS": Key([64, 128, 256, 256], "Channels of the teacher's levels, shallowest first.",
                                      gt=0),
         "REVIEWKD.MAX_MID_CHANNEL": Key(512, "Published key, unused as in the release (the fusion width is "
-                                             "min(512, IN_CHANNELS[-1]))."),
+                                             "min(512, IN_CHANNELS[-1])).", compat=True),
         "REVIEWKD.STU_PREACT": Key(False, "Read the student's pre-activation stage features."),
     }
 

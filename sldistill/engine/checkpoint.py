@@ -77,45 +77,70 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a run checkpoint (or any ``torch.save``-d dict) onto ``map_location``.
+    """Load a run checkpoint onto ``map_location`` (the CPU by default).
 
+    Run checkpoints hold only tensors and plain Python values, so they load with
+    ``torch.load(path, weights_only=True)`` (no code is unpickled); this does exactly that.
     Raises ``FileNotFoundError`` naming the path when it does not exist.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    obj = torch.load(path, map_location=map_location, weights_only=False)
+    obj = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(obj, dict):
         raise ValueError(f"{path} does not hold a checkpoint dict (got {type(obj).__name__})")
     return obj
 
 
 def capture_rng_state() -> dict:
-    """The state of Python's, NumPy's and torch's (CPU and every CUDA device) generators."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+    """This process's generator states (Python, NumPy, torch CPU and every CUDA device), as
+    tensors and plain values only, so that a checkpoint holding them loads with
+    ``weights_only=True``. CUDA states are CPU byte tensors, as ``torch.cuda`` returns them."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [t.cpu() for t in torch.cuda.get_rng_state_all()]
     return state
 
 
 def restore_rng_state(state: dict | None) -> None:
-    """Restore generators from :func:`capture_rng_state` output (missing parts are skipped)."""
+    """Restore generators from :func:`capture_rng_state` output (missing parts are skipped).
+
+    Every tensor is brought to the CPU first (``torch.cuda.set_rng_state`` wants CPU byte
+    tensors), so states loaded with any ``map_location`` are accepted."""
     if not state:
         return
     if "python" in state:
-        random.setstate(state["python"])
+        version, internal, gauss = state["python"]
+        internal = tuple(int(x) for x in (internal.tolist() if hasattr(internal, "tolist") else internal))
+        random.setstate((int(version), internal, gauss))
     if "numpy" in state:
-        np.random.set_state(state["numpy"])
+        st = state["numpy"]
+        if isinstance(st, dict):
+            key = st["key"].cpu().numpy() if hasattr(st["key"], "cpu") else np.asarray(st["key"])
+            np.random.set_state({"bit_generator": "MT19937", "state": {"key": key.astype(np.uint32),
+                                 "pos": int(st["pos"])}, "has_gauss": int(st["has_gauss"]),
+                                 "gauss": float(st["gauss"])})
+        else:  # the legacy tuple of older checkpoints
+            np.random.set_state(st)
     if "torch" in state:
-        torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
+        torch.set_rng_state(_cpu_bytes(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"]
+        cuda_states = [_cpu_bytes(t) for t in state["cuda"]]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _cpu_bytes(t: Any) -> torch.Tensor:
+    t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t)
+    return t.detach().to("cpu", torch.uint8)
 
 
 def find_resume_checkpoint(run_dir: str | os.PathLike) -> Path:

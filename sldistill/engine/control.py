@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["NonFiniteLossError", "StopFlag", "STOP", "install_signal_handlers", "amp_dtype", "connector_state",
-           "TrainResult", "unwrap", "grow_terms", "short_name"]
+           "TrainResult", "unwrap", "EpochMeter", "short_name", "teacher_warnings"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -18,8 +18,8 @@ class NonFiniteLossError(RuntimeError):
 
     def __init__(self, epoch: int, iteration: int, term: str, value: float) -> None:
         self.epoch, self.iteration, self.term, self.value = epoch, iteration, term, value
-        super().__init__(f"non-finite loss: term {term!r} = {value} at epoch {epoch}, iteration {iteration}; "
-                         "stopped, the checkpoints on disk are from the last completed epoch")
+        super().__init__(f"non-finite loss: term {term!r} became NaN or infinite at epoch {epoch}, iteration "
+                         f"{iteration}; stopped, the checkpoints on disk are from the last completed epoch")
 
 
 class StopFlag:
@@ -119,20 +119,74 @@ def short_name(name: str) -> str:
     return name[5:] if name.startswith("loss_") else name
 
 
-def grow_terms(names: list[str], sums: Tensor, first_bad: Tensor, new: list[str]) -> tuple[list[str], Tensor, Tensor]:
-    """Extend the running per-term sums when the set of term names changes (e.g. a term that
-    switches on at a later epoch); existing entries keep their position."""
-    out_names = list(names)
-    for n in new:
-        if n not in out_names:
-            out_names.append(n)
-    if len(out_names) == len(names) and set(new) == set(names):
-        return names, sums, first_bad
-    extra = len(out_names) - len(names)
-    sums = torch.cat([sums, sums.new_zeros(extra)])
-    first_bad = torch.cat([first_bad, first_bad.new_full((extra,), -1)])
-    if set(new) != set(out_names):
-        missing = [n for n in out_names if n not in new]
-        raise ValueError(f"the distiller's loss terms changed within an epoch (missing {missing}); "
-                         "terms may only be added, at epoch boundaries")
-    return out_names, sums, first_bad
+class EpochMeter:
+    """Running sums of one epoch's loss terms, total, top-1 hits and images, kept on the device
+    (no host synchronisation per step), and the first iteration where each term was not finite.
+
+    Terms may appear during an epoch only at its start (a term that switches on at a later
+    epoch); a term that disappears within an epoch is an error."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.names: list[str] = []
+        self.sums = torch.zeros(0, dtype=torch.float64, device=device)
+        self.first_bad = torch.zeros(0, dtype=torch.long, device=device)
+        self.stats = torch.zeros(3, dtype=torch.float64, device=device)  # total, correct@1, n
+
+    def add(self, iteration: int, terms: dict[str, Tensor], total: Tensor, correct: Tensor, n: int) -> None:
+        if list(terms) != self.names:
+            self._grow(list(terms))
+        vec = torch.stack([terms[k].detach().double() for k in self.names])
+        bad = ~torch.isfinite(vec)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, iteration),
+                                     self.first_bad)
+        self.sums += vec
+        self.stats[0] += total.detach().double()
+        self.stats[1] += correct
+        self.stats[2] += n
+
+    def _grow(self, new: list[str]) -> None:
+        names = list(self.names) + [k for k in new if k not in self.names]
+        if set(new) != set(names):
+            missing = [k for k in names if k not in new]
+            raise ValueError(f"the distiller's loss terms changed within an epoch (missing {missing}); "
+                             "terms may only be added, at epoch boundaries")
+        extra = len(names) - len(self.names)
+        self.sums = torch.cat([self.sums, self.sums.new_zeros(extra)])
+        self.first_bad = torch.cat([self.first_bad, self.first_bad.new_full((extra,), -1)])
+        self.names = names
+
+    def check_finite(self, epoch: int, reduce_min: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Raise :class:`NonFiniteLossError` for the earliest non-finite term. ``reduce_min``
+        (under DDP: a MIN all-reduce) makes every rank see the earliest over all ranks, so all
+        stop together with the same message; every rank must call this at the same points."""
+        big = torch.iinfo(torch.long).max
+        fb = torch.where(self.first_bad < 0, torch.full_like(self.first_bad, big), self.first_bad)
+        if reduce_min is not None:
+            fb = reduce_min(fb.clone())
+        hits = [(it, k) for it, k in zip(fb.tolist(), self.names) if it != big]
+        if hits:
+            it, name = min(hits)
+            raise NonFiniteLossError(epoch, it, name, float("nan"))
+
+    def averages(self, steps: int) -> list[float]:
+        return (self.sums / max(1, steps)).tolist()
+
+
+def teacher_warnings(cfg: Any, acc: float | None, num_classes: int | None) -> list[str]:
+    """Warnings about a teacher whose top-1 suggests a wrong checkpoint or data: near chance
+    (below twice the chance rate), or more than 2 points below its published top-1."""
+    if acc is None:
+        return []
+    name = str(cfg.DISTILLER.TEACHER)
+    out = []
+    if num_classes and acc < 2 * 100.0 / num_classes:
+        out.append(f"warning: teacher {name} is near chance on this validation set (top-1 {acc:.2f}, chance "
+                   f"{100.0 / num_classes:.2f}): a wrong checkpoint, class order or normalisation?")
+    from sldistill.models import CIFAR_TEACHERS
+
+    published = CIFAR_TEACHERS.get(name)
+    if published is not None and str(cfg.DATASET.TYPE) == "cifar100" and not str(cfg.DISTILLER.TEACHER_CKPT) \
+            and int(cfg.DATASET.TRAIN_SUBSET) == 0 and acc < published.top1 - 2.0:
+        out.append(f"warning: teacher {name} reaches top-1 {acc:.2f}, more than 2 points below its published "
+                   f"{published.top1:.2f}: check the checkpoint file and the data")
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
@@ -25,6 +25,10 @@ __all__ = [
     "all_reduce_grads",
     "barrier",
     "per_process_batch",
+    "gather_objects",
+    "broadcast_buffers",
+    "ddp_ignored_names",
+    "convert_sync_batchnorm",
 ]
 
 
@@ -49,21 +53,29 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; ``cpu``,
-    ``cuda`` (-> ``cuda:<local_rank>``) and ``cuda:N`` as given. Asking for CUDA without it
-    raises ``ValueError``."""
+def resolve_device(spec: str = "auto", local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The device of this process.
+
+    ``auto`` is CUDA when available, else the CPU; ``cpu``; ``cuda``. On CUDA the GPU is
+    ``local_rank % device_count()``: one GPU per process under ``torchrun``, and GPU 0 when
+    each process sees only its own GPU (``CUDA_VISIBLE_DEVICES`` per task, as SLURM sets it).
+    ``cuda:N`` names one GPU, so with several processes (``world_size > 1``) it is refused.
+    Asking for CUDA without it raises ``ValueError``."""
     spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if spec == "cpu":
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if spec.startswith("cuda"):
+    if spec in ("auto", "cuda") or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ValueError(
                 f"EXPERIMENT.DEVICE {spec!r} asks for CUDA but no CUDA device is available; use 'cpu' or 'auto'"
             )
-        return torch.device(f"cuda:{local_rank}") if spec == "cuda" else torch.device(spec)
+        if spec.startswith("cuda:"):
+            if world_size > 1:
+                raise ValueError(f"EXPERIMENT.DEVICE {spec!r} names one GPU, but {world_size} processes are "
+                                 "running: every rank would use it; use 'cuda' or 'auto' (each process takes "
+                                 "its LOCAL_RANK's GPU)")
+            return torch.device(spec)
+        return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
     raise ValueError(f"EXPERIMENT.DEVICE {spec!r} is not valid; use auto, cpu, cuda or cuda:N")
 
 
@@ -76,12 +88,12 @@ def init_distributed(device_spec: str = "auto") -> DistInfo:
     """Start the process group if launched by ``torchrun`` (``WORLD_SIZE`` > 1).
 
     The backend is NCCL when the resolved device is CUDA, gloo otherwise. On CUDA the
-    process's device is set to ``cuda:LOCAL_RANK``.
+    process's device is set (see :func:`resolve_device`).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_spec, local_rank)
+    device = resolve_device(device_spec, local_rank, world_size)
     if world_size <= 1:
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -142,3 +154,39 @@ def per_process_batch(global_batch: int, world_size: int) -> int:
         raise ValueError(f"SOLVER.BATCH_SIZE {global_batch} is not divisible by the {world_size} processes; "
                          f"use a multiple of {world_size}")
     return global_batch // world_size
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every process (``[obj]`` in one process)."""
+    if not (is_distributed() and dist.get_world_size() > 1):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_buffers(buffers: Iterable[Tensor]) -> None:
+    """Copy rank 0's values of ``buffers`` (e.g. BatchNorm running statistics) to every rank,
+    so that every rank evaluates and saves the same model (no-op in one process)."""
+    if not (is_distributed() and dist.get_world_size() > 1):
+        return
+    for b in buffers:
+        dist.broadcast(b, src=0)
+
+
+def ddp_ignored_names(distiller: nn.Module) -> list[str]:
+    """Parameters and buffers DDP must leave alone: the teacher's, and the distiller's
+    per-sample buffers (``gathered_buffers``: updated for the rows each rank sees and gathered
+    by the distiller, so a broadcast from rank 0 would lose the other ranks' updates)."""
+    gathered = tuple(getattr(distiller, "gathered_buffers", ()))
+    names = [n for n, _ in distiller.named_parameters() if n.startswith("teacher.")]
+    names += [n for n, _ in distiller.named_buffers() if n.startswith("teacher.") or n.startswith(gathered)]
+    return names
+
+
+def convert_sync_batchnorm(distiller: nn.Module) -> None:
+    """SyncBatchNorm in every trainable module of ``distiller`` (student and connectors; the
+    frozen teacher keeps its BatchNorm). Converted modules replace the children in place."""
+    for name, child in list(distiller.named_children()):
+        if name != "teacher":
+            setattr(distiller, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))

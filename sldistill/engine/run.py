@@ -5,17 +5,21 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from sldistill.distillers.base import Distiller
-from sldistill.engine.config import format_config, save_config, unreleased_reason
+from sldistill.engine.checkpoint import LATEST, load_checkpoint
 from sldistill.engine.config import run_dir as config_run_dir
+from sldistill.engine.config import save_config, unreleased_reason
 from sldistill.engine.distributed import (
     DistInfo,
     barrier,
@@ -25,6 +29,7 @@ from sldistill.engine.distributed import (
     resolve_device,
 )
 from sldistill.engine.metrics import MetricLogger, evaluate
+from sldistill.engine.rundir import RunFolderError, RunLock, clear_run, config_changes, flat_config, run_state
 from sldistill.engine.trainer import STOP, StopFlag, Trainer, TrainResult, amp_dtype
 
 __all__ = ["seed_everything", "set_determinism", "train", "evaluate_checkpoint", "check_run_config"]
@@ -98,49 +103,173 @@ def build_run_loaders(cfg: Any, **kwargs: Any) -> Any:
     return build_loaders(cfg, num_views=cls.num_views, needs=tuple(cls.needs), **kwargs)
 
 
-def train(cfg: Any, *, resume: bool = False, stop_flag: StopFlag = STOP, log_interval: int = 20,
-          stop_after_epoch: int | None = None) -> TrainResult:
+@dataclass
+class FolderPlan:
+    """What rank 0 decided about the run folder before anything is built or written."""
+
+    changes: list[str] = field(default_factory=list)  #: resumed: what the config changes
+    finished_epoch: int | None = None  #: resumed: the run is already finished at this epoch
+    notes: list[str] = field(default_factory=list)
+
+
+def _method_sections(cfg: Any) -> tuple[str, ...]:
+    from sldistill.distillers import get_distiller_class
+    from sldistill.engine.config.keys import SECTION_ORDER
+
+    keys = get_distiller_class(str(cfg.DISTILLER.TYPE)).config
+    return tuple(sorted({k.split(".")[0] for k in keys} - set(SECTION_ORDER)))
+
+
+def plan_run_folder(cfg: Any, run_dir: Path, resume: bool, overwrite: bool, allow_config_change: bool) -> FolderPlan:
+    """Refuse what would lose a result: a folder holding a run without ``--resume`` or
+    ``--overwrite``; a resume that changes the models, method, data or seed without
+    ``--allow-config-change``. Reads only; raises :class:`RunFolderError`."""
+    state = run_state(run_dir)
+    plan = FolderPlan()
+    if resume:
+        latest = run_dir / LATEST
+        if not latest.is_file():
+            raise RunFolderError(f"--resume: no {LATEST} in {run_dir} ({state.describe()}); start the run "
+                                 "without --resume")
+        ckpt = load_checkpoint(latest)
+        plan.changes, protected = config_changes(ckpt.get("cfg", {}), cfg, _method_sections(cfg))
+        if protected and not allow_config_change:
+            raise RunFolderError(
+                f"--resume: the config differs from the one {run_dir} was trained with in "
+                f"{', '.join(protected)} ({'; '.join(c for c in plan.changes if c.split(':')[0] in protected)}): "
+                "that would continue the run as a different experiment. Use --allow-config-change to do it "
+                "anyway, or train into another folder (EXPERIMENT.NAME)")
+        epoch = int(ckpt.get("epoch", 0))
+        if not ckpt.get("interrupted") and epoch >= int(cfg.SOLVER.EPOCHS):
+            plan.finished_epoch = epoch
+    elif overwrite:
+        if state.exists:
+            plan.notes.append(f"--overwrite: replacing {state.describe()} in {run_dir}")
+    elif state.exists:
+        raise RunFolderError(f"run folder {run_dir} holds {state.describe()}; --resume continues it, --overwrite "
+                             "replaces it, or set EXPERIMENT.NAME to train into another folder")
+    return plan
+
+
+def _on_rank0(dist_info: DistInfo, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0, its result (or its RunFolderError) on every rank, so that all stop together."""
+    if not dist_info.distributed:
+        return fn()
+    import torch.distributed as tdist
+
+    box: list[Any] = [None]
+    if dist_info.is_main:
+        try:
+            box = [("ok", fn())]
+        except RunFolderError as exc:
+            box = [("error", str(exc))]
+    tdist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise RunFolderError(value)
+    return value
+
+
+def _finished_result(run_dir: Path, epoch: int) -> TrainResult:
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    nan = float("nan")
+    return TrainResult("finished", float(summary.get("best_acc") or nan), int(summary.get("best_epoch") or 0),
+                       float(summary.get("last_acc") or nan), int(summary.get("last_epoch") or epoch),
+                       summary.get("teacher_acc"), run_dir, [], "")
+
+
+def config_summary(cfg: Any) -> list[str]:
+    """The console's view of a config: the keys that differ from the base's defaults, and the
+    keys set that are accepted for compatibility only."""
+    from sldistill.engine.config import get_defaults, schema
+
+    defaults = flat_config(get_defaults(str(cfg.BASE)))
+    diff = [f"  {k}: {v!r}" for k, v in flat_config(cfg).items() if defaults.get(k) != v]
+    lines = [f"config: {len(diff)} key(s) differ from the {cfg.BASE} defaults (the full config is saved as "
+             "config.yaml):", *diff]
+    compat = [k for k, key in schema().items() if key.compat]
+    if compat:
+        lines.append("accepted for compatibility, not acted on: " + ", ".join(compat))
+    return lines
+
+
+def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_config_change: bool = False,
+          stop_flag: StopFlag = STOP, log_interval: int = 20, stop_after_epoch: int | None = None) -> TrainResult:
     """Train as ``cfg`` says, in this process (one of ``WORLD_SIZE`` under torchrun).
 
-    Prints the resolved config and saves it as ``config.yaml`` in the run folder (rank 0),
-    then builds loaders, models and distiller and runs :class:`Trainer`.
+    The run folder is checked first (see :func:`plan_run_folder`) and locked (``run.lock``)
+    for the run; then data, models and distiller are built, the config is saved as
+    ``config.yaml`` and :class:`Trainer` runs. A start that fails before training removes
+    the folder it created. ``overwrite`` replaces a run in the folder; ``resume`` continues it.
     """
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
     dist_info: DistInfo = init_distributed(str(cfg.EXPERIMENT.DEVICE))
+    run_dir = Path(config_run_dir(cfg))
+    lock: RunLock | None = None
+    created = started = False
     try:
         per_proc = check_run_config(cfg, dist_info.device, dist_info.world_size)
+        plan: FolderPlan = _on_rank0(dist_info, lambda: plan_run_folder(cfg, run_dir, resume, overwrite,
+                                                                        allow_config_change))
+        if plan.finished_epoch is not None:
+            if dist_info.is_main:
+                print(f"{run_dir}: already finished at epoch {plan.finished_epoch}; nothing changed "
+                      "(raise SOLVER.EPOCHS to train further)")
+            return _finished_result(run_dir, plan.finished_epoch)
+        created = dist_info.is_main and not run_dir.exists()
+        lock = _on_rank0(dist_info, lambda: RunLock(run_dir, take_stale=resume or overwrite).acquire())
+        if not dist_info.is_main:
+            lock = None
         seed = int(cfg.EXPERIMENT.SEED)
         set_determinism(bool(cfg.EXPERIMENT.DETERMINISTIC), dist_info.device)
         seed_everything(seed)
-        run_dir = Path(config_run_dir(cfg))
-        logger = MetricLogger(run_dir, tensorboard=bool(cfg.LOG.TENSORBOARD), enabled=dist_info.is_main)
-        if dist_info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            logger.info(format_config(cfg))
-            if not (resume and (run_dir / "config.yaml").is_file()):
-                save_config(cfg, run_dir / "config.yaml")
-            logger.info(f"run folder: {run_dir}")
-            logger.info(f"device {dist_info.device}; processes {dist_info.world_size}; global batch "
-                        f"{cfg.SOLVER.BATCH_SIZE}; per-process batch {per_proc}")
         loaders = build_run_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size,
                                     device=dist_info.device, seed=seed)
         distiller = build_distiller_for(cfg, loaders.num_classes, loaders.num_train)
         if dist_info.rank:  # different augmentation streams per process, same initial weights
             seed_everything(seed + dist_info.rank)
-        extra = distiller.extra_parameter_count() if hasattr(distiller, "extra_parameter_count") else 0
+        if dist_info.is_main:
+            if overwrite:
+                clear_run(run_dir)
+            if not resume or plan.changes:
+                save_config(cfg, run_dir / "config.yaml")
+        logger = MetricLogger(run_dir, tensorboard=bool(cfg.LOG.TENSORBOARD), enabled=dist_info.is_main)
+        notices = [lock.notice] if lock is not None and lock.notice else []
+        for line in [*notices, *plan.notes, *config_summary(cfg)]:
+            logger.info(line)
+        if plan.changes:
+            logger.info("--resume: config changes against the checkpoint (recorded in config.yaml): "
+                        + "; ".join(plan.changes))
+        ds = loaders.datasets
+        logger.info(f"run folder: {run_dir}")
+        logger.info(f"data: {cfg.DATASET.TYPE} from {ds.source if ds is not None else '?'}: {loaders.num_train} "
+                    f"training and {loaders.num_val} validation images, {loaders.num_classes} classes")
+        logger.info(f"device {dist_info.device}; processes {dist_info.world_size}; global batch "
+                    f"{cfg.SOLVER.BATCH_SIZE}; per-process batch {per_proc}")
         n_student = sum(p.numel() for p in distiller.student.parameters())
+        extra = distiller.extra_parameter_count()
         logger.info(f"{cfg.DISTILLER.TYPE}: student {cfg.DISTILLER.STUDENT} ({n_student / 1e6:.2f} M params)"
                     + (f", teacher {cfg.DISTILLER.TEACHER}" if distiller.teacher is not None else "")
                     + (f", connectors {extra / 1e6:.3f} M params" if extra else ""))
         trainer = Trainer(cfg, distiller, loaders.train, loaders.val, run_dir, dist_info,
-                          train_sampler=getattr(loaders, "train_sampler", None), resume=resume,
-                          log_interval=log_interval, stop_after_epoch=stop_after_epoch, stop_flag=stop_flag,
-                          logger=logger)
+                          train_sampler=loaders.train_sampler, resume=resume, log_interval=log_interval,
+                          stop_after_epoch=stop_after_epoch, stop_flag=stop_flag, logger=logger,
+                          num_classes=loaders.num_classes)
+        started = True
         result = trainer.fit()
         # every rank finishes before the group is torn down: a gloo rank that destroys it
         # while its peer is still inside the group can abort the peer at exit
         barrier()
         return result
+    except BaseException:
+        if created and not started and run_dir.is_dir():
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves no half-made folder
+            lock = None
+        raise
     finally:
+        if lock is not None:
+            lock.release()
         cleanup_distributed()
 
 
@@ -150,6 +279,8 @@ def evaluate_checkpoint(cfg: Any, model_name: str, ckpt: str | Path, *, strict: 
     from sldistill.data import build_loaders
 
     device = resolve_device(str(cfg.EXPERIMENT.DEVICE))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before the loaders: pinned memory and workers use the current device
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")

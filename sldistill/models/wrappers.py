@@ -31,11 +31,11 @@ def is_external_name(name: str) -> bool:
     return ":" in name
 
 
-def _last_linear(net: nn.Module) -> nn.Linear | None:
+def _last_linear_name(net: nn.Module) -> str | None:
     last = None
-    for m in net.modules():
+    for name, m in net.named_modules():
         if isinstance(m, nn.Linear):
-            last = m
+            last = name
     return last
 
 
@@ -55,9 +55,21 @@ class WrappedModel(nn.Module):
         self.source = source
         self.input_size = input_size
         body = getattr(net, "features", None)
+        prefix = "wrapped.features." if isinstance(body, nn.Sequential) else "wrapped."
         body = body if isinstance(body, nn.Sequential) else net
-        self._probe_modules = [m for m in body.children() if not isinstance(m, nn.Linear)]
-        self._classifier = _last_linear(net)
+        # modules are found by name at every forward, so that a conversion that replaces
+        # them (SyncBatchNorm, fusing) leaves the feature probes on the modules that run
+        self._probe_names = [prefix + n for n, m in body.named_children() if not isinstance(m, nn.Linear)]
+        last = _last_linear_name(net)
+        self._classifier_name = None if last is None else "wrapped." + last
+
+    @property
+    def _probe_modules(self) -> list[nn.Module]:
+        return [self.get_submodule(n) for n in self._probe_names]
+
+    @property
+    def _classifier(self) -> nn.Module | None:
+        return None if self._classifier_name is None else self.get_submodule(self._classifier_name)
 
     def _run(self, x: Tensor) -> tuple[Any, list[Tensor], list[Tensor]]:
         outs: list[tuple[int, Tensor]] = []

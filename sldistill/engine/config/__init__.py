@@ -23,6 +23,7 @@ from .load import (
     parse_overrides,
     read_yaml,
     run_dir,
+    run_name,
     save_config,
     unreleased_reason,
     validate_config,
@@ -33,6 +34,6 @@ from .schema import load_plugins, schema
 __all__ = [
     "CfgNode", "ConfigError", "BASES", "ENGINE_KEYS", "TRAINER_ALIASES", "schema", "load_plugins",
     "get_defaults", "load_config", "parse_overrides", "merge_overrides", "validate_config", "format_config",
-    "save_config", "run_dir", "configs_root", "list_configs", "format_config_list", "resolve_config_path",
+    "save_config", "run_dir", "run_name", "configs_root", "list_configs", "format_config_list", "resolve_config_path",
     "apply_logit_stand", "unreleased_reason", "read_yaml",
 ]

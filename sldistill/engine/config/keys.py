@@ -105,7 +105,7 @@ ENGINE_KEYS: dict[str, Key] = {
     "LOG.SAVE_CHECKPOINT_FREQ": Key(40, "Keep an `epoch_N.pth` checkpoint every this many epochs (besides "
                                     "`latest.pth` and `best.pth`).", gt=0),
     "LOG.TENSORBOARD_FREQ": Key(500, "Accepted for compatibility with the published files; TensorBoard scalars "
-                                "are written once per epoch.", gt=0),
+                                "are written once per epoch.", gt=0, compat=True),
     "LOG.WANDB": Key(False, "Accepted for compatibility with the published files; Weights & Biases logging is "
                      "not implemented (ignored)."),
     "LOG.TENSORBOARD": Key(True, "Write TensorBoard event files under the run folder's `tb/`."),

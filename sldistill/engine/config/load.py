@@ -23,7 +23,8 @@ from .node import CfgNode, get_path, set_path
 from .schema import check_value, defaults_from_schema, load_plugins, schema, sections, unknown_key
 
 __all__ = ["get_defaults", "load_config", "parse_overrides", "merge_overrides", "validate_config",
-           "apply_logit_stand", "format_config", "save_config", "run_dir", "unreleased_reason", "read_yaml"]
+           "apply_logit_stand", "format_config", "save_config", "run_dir", "run_name", "unreleased_reason",
+           "read_yaml"]
 
 
 def get_defaults(base: str | None = None) -> CfgNode:
@@ -354,7 +355,24 @@ def save_config(cfg: Mapping[str, Any], path: str | Path) -> Path:
     return out
 
 
-def run_dir(cfg: Mapping[str, Any]) -> Path:
-    """The run's output folder: ``LOG.PREFIX / EXPERIMENT.PROJECT / (EXPERIMENT.NAME or TAG)``."""
+#: what a default run name tells apart: runs that differ here never share a folder
+IDENTITY_KEYS = ("DISTILLER.TYPE", "DISTILLER.TEACHER", "DISTILLER.STUDENT", "DATASET.TYPE", "DATASET.ROOT",
+                 "DATASET.TRAIN_SUBSET", "EXPERIMENT.SEED")
+
+
+def run_name(cfg: Mapping[str, Any]) -> str:
+    """``EXPERIMENT.NAME``, or else ``EXPERIMENT.TAG`` plus a short hash of the method, the
+    models, the data and the seed (:data:`IDENTITY_KEYS`): a file's TAG names the published
+    experiment, and the hash keeps your own data, models or seeds out of its folder."""
+    import hashlib
+
     exp = cfg["EXPERIMENT"]
-    return Path(cfg["LOG"]["PREFIX"]) / exp["PROJECT"] / (exp["NAME"] or exp["TAG"])
+    if exp["NAME"]:
+        return str(exp["NAME"])
+    ident = "|".join(f"{k}={get_path(cfg, k)!r}" for k in IDENTITY_KEYS)
+    return f"{exp['TAG']}-{hashlib.sha1(ident.encode()).hexdigest()[:6]}"
+
+
+def run_dir(cfg: Mapping[str, Any]) -> Path:
+    """The run's output folder: ``LOG.PREFIX / EXPERIMENT.PROJECT /`` :func:`run_name`."""
+    return Path(cfg["LOG"]["PREFIX"]) / cfg["EXPERIMENT"]["PROJECT"] / run_name(cfg)
