@@ -171,12 +171,64 @@ def test_missing_file(tmp_path):
         load_weights(create("resnet8", 10), tmp_path / "nope.pth")
 
 
-def test_weights_only_refuses_arbitrary_objects_unless_trusted(tmp_path):
+class RanOnLoad:
+    """Unpickling this class's instances runs code: the safe loader must never do that."""
+
+    def __reduce__(self):
+        return (_side_effect, ("ran",))
+
+
+_RAN: list[str] = []
+
+
+def _side_effect(tag):
+    _RAN.append(tag)
+    return tag
+
+
+def test_unknown_objects_load_inert_and_run_no_code_unless_trusted(tmp_path):
     sd = create("resnet8", 10).state_dict()
-    path = _write({"model": sd, "extra": NotAllowed()}, tmp_path / "pickled.pth")
-    with pytest.raises(CheckpointError, match="weights_only=False"):
-        load_weights(create("resnet8", 10), path)
-    assert load_weights(create("resnet8", 10), path, weights_only=False).ok
+    path = _write({"model": sd, "extra": NotAllowed(), "hook": RanOnLoad()}, tmp_path / "pickled.pth")
+    _RAN.clear()
+    model = create("resnet8", 10)
+    assert load_weights(model, path).ok
+    assert _RAN == []  # the safe loader replaced the file's callables by inert placeholders
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k])
+    with pytest.warns(UserWarning, match="trust-checkpoint"):
+        assert load_weights(create("resnet8", 10), path, trust=True).ok
+    assert _RAN == ["ran"]  # trusted: the file is unpickled fully
+
+
+@pytest.mark.parametrize("layout", ["timm", "torchdistill", "lightning", "mdistiller"])
+def test_other_codebases_checkpoint_layouts_load(tmp_path, layout):
+    import argparse
+
+    sd = create("resnet8", 10).state_dict()
+    args = argparse.Namespace(model="resnet8", lr=0.1, epochs=240)
+    obj = {
+        "timm": {"epoch": 239, "arch": "resnet8", "state_dict": sd, "optimizer": {"state": {}}, "args": args,
+                 "version": 2, "metric": 71.2},
+        "torchdistill": {"model": sd, "optimizer": {"state": {}}, "lr_scheduler": {"last_epoch": 3},
+                         "best_value": 0.7, "args": args},
+        "lightning": {"epoch": 9, "global_step": 100, "pytorch-lightning_version": "2.2.0",
+                      "state_dict": {f"model.{k}": v for k, v in sd.items()},
+                      "hyper_parameters": {"lr": 0.1, "args": args}, "callbacks": {"ModelCheckpoint": {"k": 1}}},
+        "mdistiller": {"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 240, "best_acc": 72.3},
+    }[layout]
+    path = _write(obj, tmp_path / f"{layout}.pth")
+    model = create("resnet8", 10)
+    assert load_weights(model, path).ok
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
+def test_messages_carry_no_terminal_colour_codes(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"PK\x03\x04 definitely not a zip")
+    with pytest.raises(CheckpointError) as err:
+        load_weights(create("resnet8", 10), bad)
+    assert "\x1b[" not in str(err.value)
 
 
 # ----------------------------------------------------------------- teachers

@@ -8,7 +8,13 @@ Accepted files (all read with ``torch.load(..., weights_only=True)`` by default)
   state, whose arrays are allowed by the safe loader);
 - a dict with a ``"state_dict"`` entry, or a raw state dict;
 - any of these with ``module.`` (DataParallel / DDP) or ``_orig_mod.`` (``torch.compile``)
-  prefixes on every key.
+  prefixes on every key, or one common prefix (Lightning's ``model.`` / ``net.``) that the
+  model's own keys lack;
+- the layouts of timm, torchdistill, Lightning and mdistiller, whose files carry non-tensor
+  extras (an ``args`` Namespace, hyper-parameters, callback states): the safe loader reads
+  them with every class it does not know replaced by an inert placeholder, so the weights
+  load and no code from the file runs. ``trust=True`` (``--trust-checkpoint``,
+  ``DISTILLER.TRUST_CHECKPOINT``) unpickles the file fully instead, for files you trust.
 
 Errors name the file and list the missing keys, unexpected keys and shape mismatches (the
 first few of each, with counts).
@@ -18,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -107,29 +115,75 @@ def _allow_numpy() -> Iterator[None]:
         yield
 
 
-def read_checkpoint(path: str | os.PathLike, *, weights_only: bool = True) -> Any:
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _plain(text: str) -> str:
+    """A message without terminal colour codes, first line only."""
+    return _ANSI.sub("", text).strip().splitlines()[0] if text.strip() else ""
+
+
+class _Inert:
+    """Stands in for a class the safe loader does not know (an ``args`` Namespace, a callback
+    state): it keeps what the file held as plain data and runs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _placeholders(path: Path) -> list[Any]:
+    """``(inert class, 'module.Name')`` for every global the file names that the safe loader
+    does not allow (``torch.serialization.get_unsafe_globals_in_checkpoint``, torch >= 2.5)."""
+    lister = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if lister is None:
+        return []
+    names = lister(str(path))
+    return [(type("Inert_" + re.sub(r"\W", "_", n), (_Inert,), {}), n) for n in names]
+
+
+def read_checkpoint(path: str | os.PathLike, *, weights_only: bool = True, trust: bool = False) -> Any:
     """``torch.load`` a file onto the CPU with clear errors.
+
+    With the safe loader (the default), classes the file names that are not plain data are
+    read as inert placeholders (see the module docstring), so the layouts of other training
+    codebases load. ``trust=True`` (or ``weights_only=False``) unpickles the file fully, with
+    a warning: only for files you trust.
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: truncated/corrupt file, not a PyTorch file, or (with
-            ``weights_only=True``) objects the safe loader refuses.
+        CheckpointError: truncated/corrupt file, or not a PyTorch file.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {p}" + (" (it is a directory)" if p.is_dir() else ""))
+    if trust or not weights_only:
+        warnings.warn(f"{p}: unpickling the whole file (--trust-checkpoint): this runs code the file names; "
+                      "use it only for files you trust", UserWarning, stacklevel=2)
+        weights_only = False
     try:
         with _allow_numpy():
-            return torch.load(p, map_location="cpu", weights_only=weights_only)
+            try:
+                return torch.load(p, map_location="cpu", weights_only=weights_only)
+            except pickle.UnpicklingError:
+                stand_ins = _placeholders(p) if weights_only else []
+                if not stand_ins:
+                    raise
+                ctx = torch.serialization.safe_globals
+                with ctx(stand_ins):
+                    return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if weights_only and "weights_only" in str(e):
+        if weights_only:
             raise CheckpointError(
-                f"{p}: the safe loader (weights_only=True) refuses objects in this file: {str(e).splitlines()[0]}. "
-                "If you trust the file, load it with weights_only=False."
-            ) from e
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+                f"{p}: the safe loader cannot read this file ({_plain(str(e))}); if you trust the file, pass "
+                "--trust-checkpoint (or set DISTILLER.TRUST_CHECKPOINT: true)") from e
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{_plain(str(e))}") from e
     except Exception as e:  # truncated zip, bad magic number, unpickler errors on garbage, ...
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{_plain(str(e))}") from e
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -153,9 +207,10 @@ def _strip_prefixes(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def extract_state_dict(obj: Any, source: str = "<object>") -> dict[str, Tensor]:
     """The state dict inside a loaded checkpoint object, with DDP/compile prefixes removed.
 
-    Looks for ``obj["model"]``, then ``obj["state_dict"]``, then ``obj`` itself.
+    Looks for ``obj["model"]`` (published, mdistiller, torchdistill), ``obj["state_dict"]``
+    (timm, Lightning), ``obj["model_state_dict"]``, then ``obj`` itself.
     """
-    for key in ("model", "state_dict"):
+    for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj, Mapping) and key in obj:
             inner = obj[key]
             if isinstance(inner, nn.Module):
@@ -170,6 +225,20 @@ def extract_state_dict(obj: Any, source: str = "<object>") -> dict[str, Tensor]:
         f"{source}: no state dict found (got {what}); expected {{'model': state_dict}} (published/run checkpoints), "
         "{'state_dict': state_dict} or a raw state dict"
     )
+
+
+def _strip_common_prefix(sd: dict[str, Tensor], own: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Drop one leading ``name.`` shared by every key of ``sd`` (Lightning modules save their
+    network as ``model.`` / ``net.``) when that makes the keys match the model's."""
+    if not sd or set(sd) & set(own):
+        return sd
+    first = {k.split(".", 1)[0] for k in sd}
+    if len(first) == 1 and all("." in k for k in sd):
+        prefix = first.pop() + "."
+        stripped = {k[len(prefix):]: v for k, v in sd.items()}
+        if set(stripped) & set(own):
+            return stripped
+    return sd
 
 
 def _target_module(model: nn.Module, sd: Mapping[str, Tensor]) -> nn.Module:
@@ -195,6 +264,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], 
     sd = _strip_prefixes(state_dict)
     target = _target_module(model, sd)
     own = target.state_dict()
+    sd = _strip_common_prefix(sd, own)
     report = LoadReport(source)
     report.missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     report.unexpected = [k for k in sd if k not in own]
@@ -217,7 +287,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], 
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True, *,
-                 weights_only: bool = True) -> LoadReport:
+                 weights_only: bool = True, trust: bool = False) -> LoadReport:
     """Load a weight file into ``model`` (published, raw, prefixed or run checkpoints).
 
     Args:
@@ -226,6 +296,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True,
         path: the file.
         strict: require an exact match of names and shapes (default).
         weights_only: use PyTorch's safe loader (default); pass ``False`` only for files you trust.
+        trust: the same as ``weights_only=False`` (``--trust-checkpoint``).
 
     Returns:
         a :class:`LoadReport` (with ``strict=False``, what was skipped).
@@ -233,6 +304,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True,
     Raises:
         FileNotFoundError, CheckpointError, WeightsMismatchError (both ``ValueError``).
     """
-    obj = read_checkpoint(path, weights_only=weights_only)
+    obj = read_checkpoint(path, weights_only=weights_only, trust=trust)
     sd = extract_state_dict(obj, str(path))
     return load_state_dict_checked(model, sd, strict=strict, source=str(path))
