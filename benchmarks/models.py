@@ -4,7 +4,10 @@
 - ResNet32x4 evaluation (inference-mode forward);
 
 at batch 64 (32x32 inputs), default memory layout vs channels_last, fp32 vs bf16 autocast.
-Speed-ups are reported against the default-layout fp32 row of the same workload.
+The four variants of a workload are timed in interleaved rounds (one call of each per round,
+the order rotating), and each speed-up is the median over rounds of its ratio to the
+default-layout fp32 variant of the same round, so load from other processes affects all
+variants alike; images/s are medians over the rounds.
 
     python -m benchmarks.models [--batch 64] [--device auto|cpu|cuda] [--repeat 5] [--threads N]
 """
@@ -12,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import time_fn
+from benchmarks.common import interleaved_rounds, median_ratio
 from sldistill.models import create
 
 
@@ -79,21 +83,21 @@ def main(argv: list[str] | None = None) -> None:
                           ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"batch {args.batch}, torch {torch.__version__}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device {device} ({where}), batch {args.batch}, torch {torch.__version__}")
     for label, name, maker in (("train", "resnet8x4", make_train_step), ("eval", "resnet32x4", make_eval_step)):
-        base = None
+        steps: dict[str, Callable[[], None]] = {}
         for channels_last in (False, True):
             for bf16 in (False, True):
                 torch.manual_seed(0)
-                fn = maker(name, args.batch, device, channels_last, bf16)
-                sec = time_fn(fn, warmup=args.warmup, repeat=args.repeat)
-                base = sec if base is None else base
                 layout = "channels_last" if channels_last else "default"
-                dtype = "bf16" if bf16 else "fp32"
-                print(f"{label:<5} {name:<11} {layout:<14} {dtype:<5} {args.batch / sec:9.1f} img/s   "
-                      f"x{base / sec:4.2f} vs default fp32")
-
+                steps[f"{layout:<14} {'bf16' if bf16 else 'fp32':<5}"] = maker(name, args.batch, device,
+                                                                               channels_last, bf16)
+        rounds = interleaved_rounds(steps, warmup=args.warmup, repeat=args.repeat)
+        base = next(iter(rounds.values()))  # default layout, fp32
+        for key, times in rounds.items():
+            print(f"{label:<5} {name:<11} {key} {args.batch / statistics.median(times):9.1f} img/s   "
+                  f"x{median_ratio(base, times):4.2f} vs default fp32")
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS: dict[str, tuple[str, list[str]]] = {
-    "losses": ("SLD loss forward+backward vs a release-style implementation", []),
+    "losses": ("logit losses forward+backward vs release-style implementations", []),
     "models": ("zoo models: layout and precision", ["--threads", "2"]),
     "data": ("two-view loading vs a PIL pipeline", []),
     "train_step": ("SLD training step vs a release-style step", ["--threads", "2"]),
@@ -40,7 +40,8 @@ def hardware() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} logical cores, {gpu}; torch {torch.__version__}, Python {platform.python_version()}"
+    return (f"{cpu}, {os.cpu_count()} logical cores, {gpu}; torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
 
 
 def run(names: list[str]) -> list[tuple[str, str, float, int]]:
@@ -62,7 +63,7 @@ def run(names: list[str]) -> list[tuple[str, str, float, int]]:
 def to_markdown(results: list[tuple[str, str, float, int]]) -> str:
     """The collected outputs as a markdown report."""
     lines = [f"Measured {_dt.datetime.now():%Y-%m-%d %H:%M} on {hardware()}.", ""]
-    for name, out, dt, rc in results:
+    for name, out, dt, _rc in results:
         lines += [f"### {name} ({BENCHMARKS[name][0]}; {dt:.0f} s)", "", "```", out.rstrip(), "```", ""]
     return "\n".join(lines)
 
