@@ -44,6 +44,12 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool) -> None:
                    help="config overrides: KEY VALUE pairs (SOLVER.LR 0.1) or KEY=VALUE")
 
 
+def _add_trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle weight files in full (they may run code; only for files you trust); the same "
+                        "as DISTILLER.TRUST_CHECKPOINT true")
+
+
 def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (repeatable), so that the distillers, models and datasets it "
@@ -54,6 +60,8 @@ def _load_cfg(args: argparse.Namespace):
     from sldistill.engine.config import load_config
 
     opts = list(args.opts or [])
+    if getattr(args, "trust_checkpoint", False):
+        opts += ["DISTILLER.TRUST_CHECKPOINT", "true"]
     cfg_file = args.cfg
     if cfg_file is None and opts and _looks_like_config(opts[0]):
         cfg_file = opts.pop(0)  # `sldistill train cifar100/sld/resnet32x4_resnet8x4`
@@ -76,6 +84,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                                    "(--cfg FILE, or the file as the first argument: `sldistill train "
                                    "cifar100/sld/resnet32x4_resnet8x4`); without one, the defaults.")
     _add_config_args(p, required=False)
+    _add_trust_arg(p)
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder (from its latest.pth)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run that the run folder already holds (without it, such a folder is refused)")
@@ -126,6 +135,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="NAME", help="architecture name (e.g. resnet8x4, ResNet18, torchvision:NAME)")
     p.add_argument("--ckpt", metavar="FILE", help="weights: published format, raw state dict or a run checkpoint")
     p.add_argument("--run", metavar="DIR", help="a run folder: uses its config.yaml, student and checkpoint")
+    _add_trust_arg(p)
     p.add_argument("--which", default="best", choices=("best", "latest"), help="with --run: which checkpoint")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=cmd_eval)
@@ -153,6 +163,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                              "or --run DIR")
         cfg = load_config(args.cfg, list(args.opts or []), base=args.base, plugins=list(args.plugin or []))
         model, ckpt = args.model, Path(args.ckpt)
+    if args.trust_checkpoint:
+        cfg.DISTILLER.TRUST_CHECKPOINT = True
     res = evaluate_checkpoint(cfg, model, ckpt)
     if args.json:
         print(json.dumps({"model": model, "ckpt": str(ckpt), **res}))
@@ -300,6 +312,8 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="comma-separated devices to spread runs over (default: every CUDA device if several)")
     p.add_argument("--base", default=None, metavar="NAME", help="codebase defaults the files assume")
     p.add_argument("--rerun", action="store_true", help="train again even where a finished run exists")
+    p.add_argument("--baseline", default=None, metavar="LABEL",
+                   help="method label: report every other method's paired difference to it (per seed, 95%% CI)")
     p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="overrides applied to every run")
     p.set_defaults(func=cmd_sweep)
     return p
@@ -315,7 +329,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     command = "sldistill " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["sweep"] else ""
     res = run_sweep(args.cfg, args.seeds, list(args.opts or []), out=args.out, base=args.base,
                     first_seed=args.first_seed, labels=args.label, devices=devices, rerun=args.rerun,
-                    command=command)
+                    command=command, baseline=args.baseline)
     print(res.table)
     print("std: sample standard deviation (N - 1) over seeds; written: "
           + ", ".join(str(p) for p in res.files.values()))
@@ -353,6 +367,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.run(cmd, cwd=root).returncode
 
 
+def add_teachers_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``sldistill teachers list | download | verify`` (sldistill.zoo_cli)."""
+    from sldistill import zoo_cli
+
+    return zoo_cli.add_teachers_parser(sub)
+
+
+def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``sldistill report RUN_DIRS...`` (sldistill.zoo_cli)."""
+    from sldistill import zoo_cli
+
+    return zoo_cli.add_report_parser(sub)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [
     add_train_parser,
     add_eval_parser,
@@ -360,6 +388,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser
     add_methods_parser,
     add_demo_parser,
     add_sweep_parser,
+    add_report_parser,
+    add_teachers_parser,
     add_bench_parser,
 ]
 

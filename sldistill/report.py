@@ -1,19 +1,28 @@
-"""Reading run folders and writing comparison tables and plots (shared by ``demo`` and ``sweep``).
+"""Reading run folders and writing comparison tables and plots (shared by ``demo``, ``sweep`` and
+``report``).
 
 A run folder is what :func:`sldistill.engine.run.train` writes: ``config.yaml`` and
 ``metrics.csv`` (one row per epoch with ``epoch`` and ``test_acc``, top-1 in percent).
 :func:`read_run` turns one into a :class:`RunRecord`; :func:`aggregate` groups records by
-method and gives mean and standard deviation of the best-epoch and last-epoch top-1. The
-standard deviation is the sample one (divisor N - 1); with one run it is reported as 0 and
-the table says ``n=1``.
+method and gives mean and standard deviation of the best-epoch and last-epoch top-1, the 95%
+t-interval of the best-epoch mean over seeds and the published number of the experiment
+(:mod:`sldistill.published`) where there is one; :func:`markdown_table` also shows paired
+differences to a baseline (:func:`sldistill.sweep.paired_differences`). The standard deviation
+is the sample one (divisor N - 1); with one run it is reported as 0, the table says ``n=1``
+and there is no interval.
 """
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from sldistill.published import SOURCES, PublishedResult, experiment_key, lookup
+from sldistill.stats import mean_ci, mean_std, seeds_needed, t_quantile
+
+if TYPE_CHECKING:
+    from sldistill.sweep import PairedDiff
 
 __all__ = [
     "RunRecord",
@@ -22,13 +31,16 @@ __all__ = [
     "read_run",
     "budget_of",
     "mean_std",
+    "t_quantile",
+    "mean_ci",
+    "seeds_needed",
     "aggregate",
     "format_pm",
     "markdown_table",
+    "table_notes",
     "write_summary_csv",
     "plot_curves",
 ]
-
 
 @dataclass
 class RunRecord:
@@ -51,6 +63,12 @@ class RunRecord:
     planned_epochs: int
     budget: str = ""
     run_dir: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def key(self) -> tuple[str, str, str, str] | None:
+        """``(method, teacher, student, dataset)`` of the config (see :func:`sldistill.published.experiment_key`)."""
+        return experiment_key(self.config) if self.config else None
 
     @property
     def best(self) -> float:
@@ -86,6 +104,22 @@ class MethodSummary:
     budget: str
     seeds: list[int] = field(default_factory=list)
     incomplete: int = 0
+    best_values: list[float] = field(default_factory=list)
+    last_values: list[float] = field(default_factory=list)
+    published: PublishedResult | None = None
+
+    @property
+    def best_ci(self) -> tuple[float, float] | None:
+        """95% t-interval of the best-epoch mean over seeds (``None`` with fewer than 2 runs)."""
+        return mean_ci(self.best_values) if len(self.best_values) > 1 else None
+
+    @property
+    def published_in_ci(self) -> bool | None:
+        """Whether the published number lies in :attr:`best_ci` (``None``: no number or no interval)."""
+        ci = self.best_ci
+        if self.published is None or ci is None:
+            return None
+        return ci[0] <= self.published.top1 <= ci[1]
 
 
 def read_metrics(path: str | Path) -> list[dict[str, str]]:
@@ -99,18 +133,37 @@ def read_metrics(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _num_views(cfg: Mapping[str, Any]) -> int | None:
+    """Views the config's distiller trains on (its class's ``num_views``), ``None`` if unknown."""
+    from sldistill.distillers import get_distiller_class
+
+    dtype = str(cfg.get("DISTILLER", {}).get("TYPE", "NONE"))
+    try:
+        return int(get_distiller_class(dtype).num_views)
+    except ValueError:  # a plugin distiller: import the config's plugins, then ask again
+        try:
+            from sldistill.engine.config import load_plugins
+
+            load_plugins(list(cfg.get("EXPERIMENT", {}).get("PLUGINS", []) or []), "EXPERIMENT.PLUGINS")
+            return int(get_distiller_class(dtype).num_views)
+        except ValueError:
+            return None
+
+
 def budget_of(cfg: Mapping[str, Any], num_train: int | None = None) -> str:
     """The training budget of a config as one line: epochs, views, augmentation, images, batch.
 
-    Two-view trainers (``SOLVER.TRAINER`` ``ours``) train on a weak view (random crop + flip)
-    and a strong view (the strong policy on top); the others on the weak view only.
+    The number of views is the distiller's (``num_views`` of ``DISTILLER.TYPE``'s class):
+    two-view distillers (SLD, MLKD) train on a weak view (random crop + flip) and a strong view
+    (the strong policy on top); the others on the weak view only.
     """
     solver = cfg["SOLVER"]
-    two = str(solver["TRAINER"]) == "ours"
+    views = _num_views(cfg)
     subset = int(cfg["DATASET"].get("TRAIN_SUBSET", 0) or 0)
     images = num_train if num_train is not None else (subset if subset > 0 else None)
-    parts = [f"{int(solver['EPOCHS'])} epochs", "2 views" if two else "1 view",
-             "crop+flip / +strong" if two else "crop+flip"]
+    parts = [f"{int(solver['EPOCHS'])} epochs",
+             {None: "? views", 1: "1 view", 2: "2 views"}.get(views, f"{views} views"),
+             "crop+flip / +strong" if views == 2 else "crop+flip"]
     parts.append(f"{images} train images" if images else "full train set")
     parts.append(f"batch {int(solver['BATCH_SIZE'])}")
     return ", ".join(parts)
@@ -148,22 +201,12 @@ def read_run(run_dir: str | Path, method: str | None = None) -> RunRecord:
         exp = cfg.get("EXPERIMENT", {}) if cfg else {}
         method = str(exp.get("NAME") or exp.get("TAG") or run_dir.name)
     budget = budget_of(cfg) if cfg else ""
-    return RunRecord(method, seed, epochs, acc, planned, budget, run_dir)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (divisor N - 1; 0.0 for a single value)."""
-    vals = [float(v) for v in values]
-    if not vals:
-        raise ValueError("mean_std of no values")
-    m = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+    return RunRecord(method, seed, epochs, acc, planned, budget, run_dir, cfg)
 
 
 def aggregate(records: Iterable[RunRecord], order: Sequence[str] | None = None) -> list[MethodSummary]:
-    """Group runs by method; mean and sample std (N - 1) of best and last top-1 per method.
+    """Group runs by method; mean and sample std (N - 1) of best and last top-1 per method, and
+    the published number of the method's experiment when its runs share one.
 
     ``order`` lists methods in the order wanted (others follow in first-seen order). Runs of
     one method with different budgets raise ``ValueError`` (they would not be comparable).
@@ -180,8 +223,11 @@ def aggregate(records: Iterable[RunRecord], order: Sequence[str] | None = None) 
             raise ValueError(f"method {name!r}: runs with different budgets cannot be averaged: {budgets}")
         bm, bs = mean_std([r.best for r in runs])
         lm, ls = mean_std([r.last for r in runs])
+        keys = {r.key for r in runs}
+        key = keys.pop() if len(keys) == 1 else None
         out.append(MethodSummary(name, len(runs), bm, bs, lm, ls, budgets[0], sorted(r.seed for r in runs),
-                                 sum(not r.complete for r in runs)))
+                                 sum(not r.complete for r in runs), [r.best for r in runs], [r.last for r in runs],
+                                 lookup(*key) if key is not None else None))
     return out
 
 
@@ -190,30 +236,110 @@ def format_pm(mean: float, std: float, n: int) -> str:
     return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
 
 
-def markdown_table(summaries: Sequence[MethodSummary], *, with_budget: bool = True) -> str:
-    """A markdown table: method, runs, best top-1, last top-1 (mean ± std over seeds), budget."""
-    head = ["method", "runs", "best top-1 (%)", "last top-1 (%)"] + (["budget"] if with_budget else [])
+def _ci(ci: tuple[float, float] | None) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci is not None else "n<2"
+
+
+def _diff(d: PairedDiff | None) -> str:
+    if d is None:
+        return "—"
+    return f"{d.mean:+.2f} {_ci(d.ci)}" + (f" (n={d.n})" if d.n < 2 else "")
+
+
+def _in_ci(s: MethodSummary) -> str:
+    inside = s.published_in_ci
+    if inside is None:
+        return "—" if s.published is None else "n<2"
+    if inside:
+        return "yes"
+    ci = s.best_ci
+    return "no, runs higher" if ci is not None and s.published is not None and ci[0] > s.published.top1 \
+        else "no, runs lower"
+
+
+def markdown_table(summaries: Sequence[MethodSummary], *, with_budget: bool = True,
+                   paired: Sequence[PairedDiff] | None = None) -> str:
+    """A markdown table: method, runs, best and last top-1 (mean ± std over seeds), the 95%
+    interval of the best-epoch mean, the paired differences to the baseline (when ``paired`` is
+    given), the published number with its source and whether it lies in the interval (when any
+    method has one), the budget."""
+    base = paired[0].baseline if paired else None
+    best = {d.method: d for d in (paired or []) if d.which == "best"}
+    last = {d.method: d for d in (paired or []) if d.which == "last"}
+    has_pub = any(s.published is not None for s in summaries)
+    head = ["method", "runs", "best top-1 (%)", "last top-1 (%)", "best: 95% CI"]
+    if base is not None:
+        head += [f"Δ best vs {base} (95% CI)", f"Δ last vs {base} (95% CI)"]
+    if has_pub:
+        head += ["published", "published in CI", "source"]
+    if with_budget:
+        head.append("budget")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for s in summaries:
         runs = f"{s.n}" + (f" ({s.incomplete} incomplete)" if s.incomplete else "")
-        cells = [s.method, runs, format_pm(s.best_mean, s.best_std, s.n), format_pm(s.last_mean, s.last_std, s.n)]
+        cells = [s.method, runs, format_pm(s.best_mean, s.best_std, s.n), format_pm(s.last_mean, s.last_std, s.n),
+                 _ci(s.best_ci)]
+        if base is not None:
+            cells += ["baseline", "baseline"] if s.method == base else [_diff(best.get(s.method)),
+                                                                       _diff(last.get(s.method))]
+        if has_pub:
+            pub = s.published
+            cells += [f"{pub.top1:.2f}", _in_ci(s), pub.source] if pub is not None else ["—", "—", "—"]
         if with_budget:
             cells.append(s.budget)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_summary_csv(summaries: Sequence[MethodSummary], path: str | Path) -> Path:
-    """Write the aggregated table as CSV (std columns are sample std, N - 1)."""
+def table_notes(summaries: Sequence[MethodSummary], paired: Sequence[PairedDiff] | None = None) -> list[str]:
+    """The lines that explain :func:`markdown_table`'s columns (and name the published sources used)."""
+    lines = ["Top-1 on the test set, mean ± sample standard deviation (divisor N - 1) over seeds; "
+             "'best' is the highest epoch of each run (what the papers report), 'last' its final epoch. "
+             "95% CI: t-interval of the best-epoch mean over seeds, mean ± t(0.975, n - 1) · s / √n."]
+    if paired:
+        lines.append(f"Δ: paired by seed, each method's top-1 minus {paired[0].baseline}'s in the run of the same "
+                     "seed (same data order and augmentations), mean and 95% t-interval over the seeds both ran; "
+                     "an interval that excludes 0 separates the two methods.")
+    used = sorted({s.published.source for s in summaries if s.published is not None})
+    if used:
+        lines.append("Published: the original authors' best-epoch top-1, usually a mean over 3-5 runs; sources: "
+                     + "; ".join(f"{k}: {SOURCES[k][0]} <{SOURCES[k][1]}>" for k in used) + ".")
+    return lines
+
+
+def write_summary_csv(summaries: Sequence[MethodSummary], path: str | Path,
+                      paired: Sequence[PairedDiff] | None = None) -> Path:
+    """Write the aggregated table as CSV (std columns are sample std, N - 1; a value that does not
+    exist is an empty cell; the ``delta_*`` columns only with ``paired``)."""
+    diffs = {(d.method, d.which): d for d in (paired or [])}
+
+    def f4(v: float | None) -> str:
+        return "" if v is None else f"{v:.4f}"
+
+    rows = []
+    for s in summaries:
+        ci, pub, inside = s.best_ci, s.published, s.published_in_ci
+        row: dict[str, Any] = {
+            "method": s.method, "runs": s.n, "seeds": " ".join(map(str, s.seeds)), "best_mean": f4(s.best_mean),
+            "best_std": f4(s.best_std), "last_mean": f4(s.last_mean), "last_std": f4(s.last_std), "budget": s.budget,
+            "incomplete": s.incomplete, "best_ci_low": f4(ci[0] if ci else None),
+            "best_ci_high": f4(ci[1] if ci else None), "published": f4(pub.top1 if pub else None),
+            "published_source": pub.source if pub else "",
+            "published_in_ci": "" if inside is None else str(inside).lower()}
+        if paired:
+            row["baseline"] = paired[0].baseline
+            for which in ("best", "last"):
+                d = diffs.get((s.method, which))
+                row[f"delta_{which}"] = f4(d.mean if d else None)
+                row[f"delta_{which}_low"] = f4(d.ci[0] if d and d.ci else None)
+                row[f"delta_{which}_high"] = f4(d.ci[1] if d and d.ci else None)
+        rows.append(row)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with open(p, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["method", "runs", "seeds", "best_mean", "best_std", "last_mean", "last_std", "budget",
-                    "incomplete"])
-        for s in summaries:
-            w.writerow([s.method, s.n, " ".join(map(str, s.seeds)), f"{s.best_mean:.4f}", f"{s.best_std:.4f}",
-                        f"{s.last_mean:.4f}", f"{s.last_std:.4f}", s.budget, s.incomplete])
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["method"])
+        w.writeheader()
+        w.writerows(rows)
     return p
 
 

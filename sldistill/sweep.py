@@ -6,24 +6,37 @@ all methods share one budget), then reads each run's ``metrics.csv`` and writes,
 folder:
 
 * ``summary.md`` and ``summary.csv``: per method, the mean ± sample standard deviation
-  (divisor N - 1) over seeds of the best-epoch and the last-epoch test top-1, with the budget
-  (epochs, views, augmentation, training images, batch) beside it;
+  (divisor N - 1) over seeds of the best-epoch and the last-epoch test top-1, the 95%
+  t-interval of the best-epoch mean, the published number of the experiment
+  (:mod:`sldistill.published`) and whether it lies in that interval, and the budget (epochs,
+  views, augmentation, training images, batch);
+* with ``baseline``: each method's paired difference to the baseline method, seed by seed, with
+  its 95% t-interval over seeds;
 * ``accuracy.png``: test top-1 per epoch per method (mean over seeds, min-max band).
+
+Pairing: every method of one seed gets the same ``EXPERIMENT.SEED``, and every random draw of
+the training data (the shuffle, each image's crop and flip, the strong policy) is a pure
+function of that seed, the epoch and the sample (:mod:`sldistill.data.loaders`), so the methods
+of a seed train on the same data order and the same augmentations (a two-view method's weak
+view is the one-view methods' view). :func:`unpaired_seeds` lists the seeds where the configs'
+data settings differ (another ``DATASET.SUBSET_SEED``, subset or batch size), which the report
+names.
 
 Runs go to ``<out>/<method>/seed<S>/`` (ordinary run folders). On CPU, or on one GPU, the runs
 go one after another in this process. With several CUDA devices (``devices`` or all visible
 ones when ``EXPERIMENT.DEVICE`` is ``auto``/``cuda``) each run is a ``sldistill train``
 subprocess pinned to one device, as many at once as there are devices.
 
-A run whose folder already holds a finished run of the identical configuration
-(``summary.json`` and the same ``config.yaml``) is reused unless ``rerun`` is set, so an
-interrupted sweep continues where it stopped.
+A seed's folder is only reused for the same configuration: a finished run of the identical
+configuration (``summary.json`` and the same ``config.yaml``) is reused (and said so), an
+unfinished one is resumed, so an interrupted sweep continues where it stopped; a run of a
+*different* configuration is never replaced: the sweep stops, naming the folder and the keys
+that differ, unless ``rerun`` is set (then every run is trained again, replacing what is there).
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -36,13 +49,16 @@ from sldistill.report import (
     RunRecord,
     aggregate,
     markdown_table,
+    mean_ci,
+    mean_std,
     plot_curves,
     read_run,
+    table_notes,
     write_summary_csv,
 )
 
-__all__ = ["SweepJob", "SweepResult", "plan_sweep", "run_sweep", "summarize_runs", "write_sweep_report",
-           "sweep_devices"]
+__all__ = ["SweepJob", "SweepResult", "PairedDiff", "plan_sweep", "run_sweep", "summarize_runs", "paired_differences",
+           "unpaired_seeds", "write_sweep_report", "sweep_devices"]
 
 
 @dataclass
@@ -52,6 +68,8 @@ class SweepJob:
     method: str
     seed: int
     cfg: Any
+    #: what to do with the run folder: train, resume, overwrite or reuse (set by run_sweep)
+    mode: str = "train"
 
     @property
     def run_dir(self) -> Path:
@@ -59,6 +77,21 @@ class SweepJob:
         from sldistill.engine.config import run_dir
 
         return Path(run_dir(self.cfg))
+
+
+@dataclass
+class PairedDiff:
+    """``method`` minus ``baseline`` over the seeds both ran: mean, sample std and 95% t-interval
+    of the per-seed differences of the best-epoch (``which="best"``) or last-epoch top-1."""
+
+    method: str
+    baseline: str
+    which: str
+    n: int
+    mean: float
+    std: float
+    ci: tuple[float, float] | None
+    seeds: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +103,7 @@ class SweepResult:
     records: list[RunRecord]
     table: str
     files: dict[str, Path] = field(default_factory=dict)
+    paired: list[PairedDiff] = field(default_factory=list)
 
 
 def _label(cfg: Any) -> str:
@@ -143,15 +177,29 @@ def sweep_devices(cfg: Any, devices: Sequence[str] | None = None) -> list[str]:
     return [f"cuda:{i}" for i in range(n)] if n > 1 else []
 
 
-def _finished_same(job: SweepJob) -> bool:
-    from sldistill.engine.config import format_config
+def _folder_decision(job: SweepJob, rerun: bool) -> str:
+    """``"reuse"`` (a finished run of this config), ``"resume"`` (an unfinished one), ``"train"``
+    (nothing there) or ``"overwrite"`` (``rerun``); a run of another config raises ValueError."""
+    import yaml
+
+    from sldistill.engine.rundir import config_changes, run_state
 
     d = job.run_dir
+    state = run_state(d)
+    if not state.exists:
+        return "train"
+    if rerun:
+        return "overwrite"
     cfg_file = d / "config.yaml"
-    if not ((d / "summary.json").is_file() and cfg_file.is_file()):
-        return False
-    saved = cfg_file.read_text(encoding="utf-8").split("\n", 1)[-1]
-    return saved == format_config(job.cfg)
+    saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
+    changes, _ = config_changes(saved or {}, job.cfg)
+    if changes:
+        raise ValueError(f"[sweep] {job.method} seed {job.seed}: {d} holds {state.describe()} of a different config "
+                         f"({'; '.join(changes[:5])}{' ...' if len(changes) > 5 else ''}); not replacing it. Use "
+                         "another --out, or --rerun to train every run again")
+    if state.finished:
+        return "reuse"
+    return "resume" if (d / "latest.pth").is_file() else "overwrite"
 
 
 def _launch_subprocess(job: SweepJob, device: str, log: Path) -> subprocess.Popen:
@@ -160,7 +208,8 @@ def _launch_subprocess(job: SweepJob, device: str, log: Path) -> subprocess.Pope
 
     cfg_file = save_config(job.cfg, log.parent / f"{job.method}_seed{job.seed}.yaml")
     f = open(log, "w")  # noqa: SIM115 - closed when the process ends
-    cmd = [sys.executable, "-m", "sldistill", "train", "--cfg", str(cfg_file), "EXPERIMENT.DEVICE", device]
+    cmd = [sys.executable, "-m", "sldistill", "train", "--cfg", str(cfg_file), "EXPERIMENT.DEVICE", device,
+           *{"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(getattr(job, "mode", "train"), [])]
     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "SLDISTILL_DEBUG": "1"})
     proc._sweep_log = f  # type: ignore[attr-defined]
     return proc
@@ -197,6 +246,55 @@ def _run_parallel(jobs: Sequence[SweepJob], devices: Sequence[str], out: Path,
         raise RuntimeError("sweep runs failed: " + "; ".join(failed))
 
 
+def paired_differences(records: Sequence[RunRecord], baseline: str, which: str = "best") -> list[PairedDiff]:
+    """For every method other than ``baseline`` (first-seen order): its per-seed difference to
+    ``baseline`` over the seeds both ran, with mean, sample std and 95% t-interval.
+
+    Raises:
+        ValueError: ``baseline`` is not among the methods, or a method has a seed twice.
+    """
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', not {which!r}")
+    by: dict[str, dict[int, float]] = {}
+    for r in records:
+        seeds = by.setdefault(r.method, {})
+        if r.seed in seeds:
+            raise ValueError(f"method {r.method!r} has two runs with seed {r.seed}; paired differences need one")
+        seeds[r.seed] = r.best if which == "best" else r.last
+    if baseline not in by:
+        raise ValueError(f"baseline {baseline!r} is not one of the methods: {', '.join(by)}")
+    out = []
+    for method, vals in by.items():
+        if method == baseline:
+            continue
+        common = sorted(set(vals) & set(by[baseline]))
+        if not common:
+            continue
+        diffs = [vals[s] - by[baseline][s] for s in common]
+        m, sd = mean_std(diffs)
+        out.append(PairedDiff(method, baseline, which, len(diffs), m, sd, mean_ci(diffs) if len(diffs) > 1 else None,
+                              common))
+    return out
+
+
+#: DATASET keys that do not change what a run trains on
+_DATA_PLACE_KEYS = ("ROOT", "NUM_WORKERS", "DOWNLOAD", "TEST")
+
+
+def _data_signature(cfg: Any) -> str:
+    data = {k: v for k, v in cfg.DATASET.to_dict().items() if k not in _DATA_PLACE_KEYS}
+    return repr((sorted(data.items()), int(cfg.EXPERIMENT.SEED), int(cfg.SOLVER.BATCH_SIZE)))
+
+
+def unpaired_seeds(jobs: Sequence[SweepJob]) -> list[int]:
+    """Seeds whose methods do not all train on the same data stream: the DATASET settings (other
+    than places and workers), the seed or the batch size differ between their configs."""
+    sigs: dict[int, set[str]] = {}
+    for j in jobs:
+        sigs.setdefault(j.seed, set()).add(_data_signature(j.cfg))
+    return sorted(s for s, v in sigs.items() if len(v) > 1)
+
+
 def summarize_runs(jobs: Sequence[SweepJob]) -> tuple[list[MethodSummary], list[RunRecord]]:
     """Read every job's run folder and aggregate per method (in the jobs' order)."""
     records = [read_run(j.run_dir, method=j.method) for j in jobs]
@@ -205,23 +303,31 @@ def summarize_runs(jobs: Sequence[SweepJob]) -> tuple[list[MethodSummary], list[
 
 
 def write_sweep_report(summaries: Sequence[MethodSummary], records: Sequence[RunRecord], out: str | Path, *,
-                       command: str = "", plot: bool = True) -> dict[str, Path]:
-    """Write ``summary.md``, ``summary.csv`` (and ``accuracy.png``) in ``out``; return the paths."""
+                       command: str = "", plot: bool = True, baseline: str | None = None,
+                       unpaired: Sequence[int] = ()) -> dict[str, Path]:
+    """Write ``summary.md``, ``summary.csv`` (and ``accuracy.png``) in ``out``; return the paths.
+    With ``baseline``, the paired differences to that method are in both files."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": write_summary_csv(summaries, out / "summary.csv")}
+    paired = (paired_differences(records, baseline, "best") + paired_differences(records, baseline, "last")
+              if baseline else [])
+    files = {"csv": write_summary_csv(summaries, out / "summary.csv", paired=paired)}
     # views and augmentation differ by design (two-view methods); epochs, images and batch must not
     budgets = sorted({", ".join(p for p in s.budget.split(", ") if "view" not in p and "crop" not in p)
                       for s in summaries if s.budget})
     lines = ["# Sweep summary", ""]
     if command:
         lines += ["Command:", "", "```", command, "```", ""]
-    lines += [markdown_table(summaries), "",
-              "Top-1 on the test set, mean ± sample standard deviation (divisor N - 1) over seeds; "
-              "'best' is the highest epoch of each run, 'last' its final epoch.", ""]
+    lines += [markdown_table(summaries, paired=paired), ""]
+    for note in table_notes(summaries, paired):
+        lines += [note, ""]
     if len(budgets) > 1:
         lines += [f"**Note:** the methods' epoch/data budgets differ ({'; '.join(budgets)}); "
                   "their numbers are not directly comparable.", ""]
+    if unpaired:
+        lines += [f"**Note:** for seed(s) {', '.join(map(str, unpaired))} the methods' data settings differ "
+                  "(DATASET keys, seed or batch size), so their runs did not see the same data: the paired "
+                  "differences are not paired there.", ""]
     if plot and records:
         files["png"] = plot_curves(records, out / "accuracy.png", title="test top-1 per epoch",
                                    order=[s.method for s in summaries])
@@ -234,24 +340,39 @@ def write_sweep_report(summaries: Sequence[MethodSummary], records: Sequence[Run
 def run_sweep(cfg_files: Sequence[str | Path], seeds: int | Sequence[int], overrides: Sequence[str] = (), *,
               out: str | Path = "runs/sweep", base: str | None = None, first_seed: int = 0,
               labels: Sequence[str] | None = None, devices: Sequence[str] | None = None, rerun: bool = False,
-              command: str = "") -> SweepResult:
+              command: str = "", baseline: str | None = None,
+              train_fn: Callable[..., Any] | None = None) -> SweepResult:
     """Train every (config, seed) pair, then aggregate and write the report (see module docs).
+
+    Args:
+        baseline: a method label: report every other method's paired difference to it.
+        train_fn: what trains one config in this process (default :func:`sldistill.engine.run.train`).
 
     Returns:
         :class:`SweepResult` with the per-method summaries, the run records, the markdown
-        table and the written files.
-    """
-    from sldistill.engine.run import train
+        table, the written files and the paired differences.
 
+    Raises:
+        ValueError: ``baseline`` is not one of the methods (before anything is trained).
+    """
     out = Path(out)
     jobs = plan_sweep(cfg_files, seeds, overrides, out=out, base=base, first_seed=first_seed, labels=labels)
+    methods = list(dict.fromkeys(j.method for j in jobs))
+    if baseline is not None and baseline not in methods:
+        raise ValueError(f"--baseline {baseline!r} is not one of the sweep's methods: {', '.join(methods)}")
+    if train_fn is None:
+        from sldistill.engine.run import train
+
+        train_fn = train
     todo = []
-    for job in jobs:
-        if not rerun and _finished_same(job):
-            print(f"[sweep] {job.method} seed {job.seed}: finished run found in {job.run_dir}, reused", flush=True)
+    for job in jobs:  # decide for every seed first: a conflict stops the sweep before anything trains
+        job.mode = _folder_decision(job, rerun)
+        if job.mode == "reuse":
+            print(f"[sweep] {job.method} seed {job.seed}: reusing the finished run of the same config in "
+                  f"{job.run_dir}", flush=True)
             continue
-        if job.run_dir.exists():
-            shutil.rmtree(job.run_dir)  # a stale or different run of ours: start clean
+        if job.mode == "resume":
+            print(f"[sweep] {job.method} seed {job.seed}: resuming the unfinished run in {job.run_dir}", flush=True)
         todo.append(job)
     devs = sweep_devices(jobs[0].cfg, devices)
     if len(devs) > 1:
@@ -263,9 +384,12 @@ def run_sweep(cfg_files: Sequence[str | Path], seeds: int | Sequence[int], overr
                 from sldistill.engine.config import merge_overrides
 
                 merge_overrides(job.cfg, [("EXPERIMENT.DEVICE", devs[0])], source="<sweep>")
-            result = train(job.cfg)
+            result = train_fn(job.cfg, resume=job.mode == "resume", overwrite=job.mode == "overwrite")
             if result.status != "finished":
                 raise RuntimeError(f"{job.method} seed {job.seed} ended {result.status!r}; rerun the sweep to continue")
     summaries, records = summarize_runs(jobs)
-    files = write_sweep_report(summaries, records, out, command=command)
-    return SweepResult(out, summaries, records, markdown_table(summaries), files)
+    files = write_sweep_report(summaries, records, out, command=command, baseline=baseline,
+                               unpaired=unpaired_seeds(jobs))
+    paired = (paired_differences(records, baseline, "best") + paired_differences(records, baseline, "last")
+              if baseline else [])
+    return SweepResult(out, summaries, records, markdown_table(summaries, paired=paired), files, paired)

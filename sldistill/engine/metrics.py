@@ -1,17 +1,28 @@
-"""Per-epoch metric logging (CSV, JSON lines, TensorBoard), top-k accuracy, evaluation.
+"""Per-epoch metric logging (CSV, JSON lines, TensorBoard, W&B), top-k accuracy, evaluation.
 
 Only rank 0 creates a :class:`MetricLogger` that writes; other ranks get a silent one.
 Files in the run folder: ``metrics.csv`` (one row per epoch; the header grows if new
 columns appear, by rewriting the file), ``metrics.jsonl`` (one JSON object per epoch),
 ``tb/`` (TensorBoard events, when ``LOG.TENSORBOARD`` and tensorboard is installed) and
 ``log.txt`` (the printed lines).
+
+Weights & Biases (``LOG.WANDB: true``; ``pip install sldistill[wandb]``) is logged as mdistiller
+does: project ``EXPERIMENT.PROJECT``, run name ``EXPERIMENT.NAME`` or ``TAG``, tags the
+comma-separated parts of ``TAG``, the resolved config, one history row per epoch (the learning
+rate and every metric, against ``epoch``) and ``best_acc`` / ``last_acc`` in the run summary.
+The W&B run id is kept in ``wandb_id.txt`` in the run folder; a resumed run continues that W&B
+run. ``WANDB_MODE=offline`` works as usual (``wandb sync`` uploads later); the W&B files go
+under ``$WANDB_DIR``, else the run folder.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import secrets
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -21,7 +32,69 @@ from torch import Tensor
 
 from sldistill.engine.distributed import all_reduce_sum
 
-__all__ = ["MetricLogger", "topk_correct", "evaluate"]
+__all__ = ["MetricLogger", "WandbOptions", "WandbMissingError", "WandbInitError", "wandb_options", "require_wandb",
+           "topk_correct", "evaluate"]
+
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+class WandbMissingError(ImportError, ValueError):
+    """``LOG.WANDB`` is on but the ``wandb`` package cannot be imported (a ``ValueError`` too, so
+    the command line prints it as one line)."""
+
+
+class WandbInitError(RuntimeError, ValueError):
+    """``wandb.init`` failed (not logged in, no network in online mode, ...); a ``ValueError`` too,
+    so the command line prints it as one line."""
+
+
+def require_wandb() -> Any:
+    """The imported ``wandb`` module, or :class:`WandbMissingError` naming the extra to install."""
+    try:
+        import wandb
+    except ImportError as exc:
+        raise WandbMissingError(
+            f"LOG.WANDB is true but the 'wandb' package is not installed ({exc}); install it with "
+            "`pip install 'sldistill[wandb]'`, or set LOG.WANDB false") from exc
+    return wandb
+
+
+@dataclass
+class WandbOptions:
+    """What a W&B run is opened with (see :func:`wandb_options`).
+
+    Attributes:
+        project: the W&B project (``EXPERIMENT.PROJECT``).
+        name: the run's display name (``EXPERIMENT.NAME`` or ``TAG``).
+        tags: the run's tags (the non-empty comma-separated parts of ``TAG``).
+        config: the resolved configuration as a plain nested dict.
+        resumed: True when the training run resumes: the W&B run of ``wandb_id.txt`` continues.
+    """
+
+    project: str
+    name: str
+    tags: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+
+
+def wandb_options(cfg: Any, *, resumed: bool = False) -> WandbOptions | None:
+    """The :class:`WandbOptions` of a config, or ``None`` when ``LOG.WANDB`` is false.
+
+    Raises:
+        WandbMissingError: ``LOG.WANDB`` is true and ``wandb`` is not installed (call this at
+            the start of a run, so that the message comes before any data is loaded).
+    """
+    from sldistill._cfg import cfg_get
+
+    if not bool(cfg_get(cfg, "LOG.WANDB", False)):
+        return None
+    require_wandb()
+    tag = str(cfg_get(cfg, "EXPERIMENT.TAG", "") or "")
+    name = str(cfg_get(cfg, "EXPERIMENT.NAME", "") or "") or tag
+    config = cfg.to_dict() if hasattr(cfg, "to_dict") else json.loads(json.dumps(cfg, default=str))
+    return WandbOptions(project=str(cfg_get(cfg, "EXPERIMENT.PROJECT", "") or "sldistill"), name=name,
+                        tags=[t.strip() for t in tag.split(",") if t.strip()], config=config, resumed=resumed)
 
 
 class MetricLogger:
@@ -32,16 +105,24 @@ class MetricLogger:
         tensorboard: also write TensorBoard events under ``run_dir/tb``.
         enabled: False on ranks other than 0.
         stream: where :meth:`info` prints (stdout by default).
+        wandb: also log to Weights & Biases (:func:`wandb_options` of the config); the package
+            is imported on every rank, so a missing one stops every process at the start.
+
+    Raises:
+        WandbMissingError: ``wandb`` is requested and not installed.
+        WandbInitError: ``wandb.init`` failed (not logged in, ...); the message says what to do.
     """
 
     def __init__(self, run_dir: str | Path | None, tensorboard: bool = True, enabled: bool = True,
-                 stream: Any = None) -> None:
+                 stream: Any = None, wandb: WandbOptions | None = None) -> None:
         self.enabled = enabled
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.stream = stream
         self._tb = None
+        self._wandb: Any = None
         self._columns: list[str] = []
         self._rows: list[dict] = []
+        wandb_module = require_wandb() if wandb is not None else None
         if not enabled or self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +140,47 @@ class MetricLogger:
             except Exception as exc:  # tensorboard missing or broken
                 self.info(f"note: TensorBoard logging is off ({type(exc).__name__}: {exc}); "
                           "install the 'tensorboard' package or set LOG.TENSORBOARD false")
+        if wandb is not None:
+            self._wandb = self._start_wandb(wandb_module, wandb)
+
+    @property
+    def wandb_run(self) -> Any:
+        """The W&B run (``None`` without W&B logging, or after :meth:`close`)."""
+        return self._wandb
+
+    def _start_wandb(self, module: Any, opts: WandbOptions) -> Any:
+        assert self.run_dir is not None
+        id_file = self.run_dir / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if opts.resumed and id_file.is_file() else ""
+        new = not run_id
+        kwargs: dict[str, Any] = dict(project=opts.project, name=opts.name, tags=list(opts.tags),
+                                      config=opts.config, id=run_id or secrets.token_hex(4), resume="allow",
+                                      reinit=True, allow_val_change=True)
+        if not os.environ.get("WANDB_DIR"):
+            kwargs["dir"] = str(self.run_dir)
+        try:
+            run = module.init(**kwargs)
+        except Exception as exc:  # not logged in, no network in online mode, bad settings, ...
+            raise WandbInitError(
+                f"W&B: wandb.init failed ({type(exc).__name__}: {exc}); run `wandb login`, set WANDB_MODE=offline "
+                "(upload later with `wandb sync`), or set LOG.WANDB false") from exc
+        id_file.write_text(str(run.id) + "\n")
+        run.define_metric("epoch")
+        run.define_metric("*", step_metric="epoch")
+        self.info(f"W&B: {'new' if new else 'resumed'} run {run.id} (project {opts.project}, name {opts.name})")
+        if new and opts.resumed:  # a run resumed with W&B newly on: send the epochs logged before
+            for row in self._rows:
+                self._wandb_row(run, {k: _number(v) for k, v in row.items()})
+        return run
+
+    def _wandb_row(self, run: Any, row: Mapping[str, Any]) -> None:
+        run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        accs = [(int(r["epoch"]), float(acc)) for r in self._rows
+                if isinstance(acc := _number(r.get("test_acc", "")), (int, float))]
+        if accs:
+            best_epoch, best = max(accs, key=lambda ea: (ea[1], ea[0]))  # ties: the later epoch, as the trainer
+            run.summary.update({"best_acc": best, "best_epoch": best_epoch, "last_acc": accs[-1][1],
+                                "last_epoch": accs[-1][0]})
 
     def info(self, msg: str) -> None:
         """Print a line (rank 0) and append it to ``log.txt``."""
@@ -98,12 +220,23 @@ class MetricLogger:
                 if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(f"epoch/{k}", v, epoch)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb_row(self._wandb, row)
 
-    def close(self) -> None:
-        """Flush and close TensorBoard."""
+    def log_summary(self, summary: Mapping[str, Any]) -> None:
+        """Set W&B run-summary values (the trainer's ``summary.json``: ``best_acc``, ``last_acc``, ...);
+        ``None`` values are skipped. Without W&B, nothing."""
+        if self.enabled and self._wandb is not None:
+            self._wandb.summary.update({k: _plain(v) for k, v in summary.items() if v is not None})
+
+    def close(self, exit_code: int | None = None) -> None:
+        """Flush and close TensorBoard; finish the W&B run (with ``exit_code`` when given)."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            run, self._wandb = self._wandb, None
+            run.finish(exit_code=exit_code)
 
 
 def _plain(v: Any) -> Any:
@@ -111,6 +244,19 @@ def _plain(v: Any) -> Any:
         v = v.item()
     if isinstance(v, float):
         return round(v, 6)
+    return v
+
+
+def _number(v: Any) -> Any:
+    """A CSV cell back as int / float where it is one (``""`` for empty), else unchanged."""
+    if isinstance(v, str):
+        if v == "":
+            return ""
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
     return v
 
 

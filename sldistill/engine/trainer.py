@@ -155,7 +155,7 @@ class Trainer:
         """Rank 0's buffers of the trainable modules on every rank (before eval and saving)."""
         broadcast_buffers(self.synced_buffers)
 
-    def _unpack(self, batch: Mapping[str, Any]) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
+    def _unpack(self, batch: Mapping[str, Any]) -> tuple[list[Tensor], Tensor, dict[str, Any]]:
         """A named-record batch (``views``, ``target`` and extras by name) moved to the device."""
         views = list(batch["views"])
         if len(views) != self.num_views:
@@ -169,19 +169,24 @@ class Trainer:
         mf = torch.channels_last if self.channels_last else torch.contiguous_format
         views = [v.to(self.device, non_blocking=True).contiguous(memory_format=mf) if v.dim() == 4
                  else v.to(self.device, non_blocking=True) for v in views]
-        extras: dict[str, Tensor] = {}
+        extras: dict[str, Any] = {}
         for name in self.needs:
             if name not in batch:
                 raise ValueError(f"DISTILLER.TYPE {self.cfg.DISTILLER.TYPE!r} needs batch item {name!r}, which the "
                                  f"loader does not give (it gives {', '.join(sorted(batch))}); build the loaders "
                                  "with the distiller's needs")
             extras[name] = batch[name].to(self.device, non_blocking=True)
+        if self.distiller.teacher_cache is not None:
+            if "view_id" not in batch:
+                raise ValueError("DISTILLER.TEACHER_CACHE is set but the loader gives no weak-view ids: the weak "
+                                 "view of this dataset is not one of a finite set")
+            extras["cache_keys"] = (batch["index"], batch["view_id"])  # stays on the host: the cache is there
         return views, target.to(self.device, non_blocking=True), extras
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def _train_step(self, views: list[Tensor], target: Tensor, epoch: int, extras: dict[str, Tensor]
+    def _train_step(self, views: list[Tensor], target: Tensor, epoch: int, extras: dict[str, Any]
                     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """One optimisation step; returns (logits, terms, total) without host synchronisation."""
         if self.use_dot:
@@ -422,3 +427,4 @@ class Trainer:
                        "last_epoch": last_epoch, "teacher_acc": self.teacher_acc}
             clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
             (self.run_dir / "summary.json").write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
+            self.logger.log_summary(clean)

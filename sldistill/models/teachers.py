@@ -6,20 +6,30 @@ The published CIFAR-100 teachers come in ``cifar_teachers.tar`` (mdistiller GitH
 or ``$SLDISTILL_TEACHER_ROOT``; ``DISTILLER.TEACHER_CKPT`` names a file directly. ImageNet
 teachers of the zoo use torchvision's ImageNet-1k weights unless a file is given.
 
+:func:`download_teachers` fetches and unpacks the archive (``sldistill teachers download``):
+into a temporary file renamed only when complete, its size checked against the server's
+``Content-Length`` and its SHA-256 against a given hash, every member checked to stay inside
+the target before anything is unpacked. The published archive's SHA-256 is not recorded here
+(:data:`TEACHER_ARCHIVE_SHA256` is ``None``): without ``sha256=`` only the size is checked.
+
 This module reads the config object it is handed; it does not import ``sldistill.engine``.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tarfile
+import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
 from torch import nn
 
 from sldistill._cfg import cfg_get
+from sldistill.published import teacher_top1
 
 from .checkpoint import extract_state_dict, load_state_dict_checked, load_weights, read_checkpoint
 from .imagenet import TORCHVISION_WEIGHTS
@@ -29,7 +39,14 @@ __all__ = [
     "PublishedTeacher",
     "CIFAR_TEACHERS",
     "TEACHER_RELEASE_URL",
+    "TEACHER_ARCHIVE_URL",
+    "TEACHER_ARCHIVE_SHA256",
     "DEFAULT_TEACHER_ROOT",
+    "ArchiveError",
+    "fetch",
+    "check_members",
+    "extract_archive",
+    "download_teachers",
     "teacher_root",
     "teacher_checkpoint_path",
     "build_teacher",
@@ -37,6 +54,10 @@ __all__ = [
 ]
 
 TEACHER_RELEASE_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
+#: the archive itself (an asset of that release)
+TEACHER_ARCHIVE_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
+#: SHA-256 of the published archive: not known to this package (pass ``sha256=`` to pin one)
+TEACHER_ARCHIVE_SHA256: str | None = None
 DEFAULT_TEACHER_ROOT = "./download_ckpts"
 ENV_TEACHER_ROOT = "SLDISTILL_TEACHER_ROOT"
 
@@ -58,21 +79,16 @@ class PublishedTeacher:
     sha256: str | None = None
 
 
-def _published(name: str, top1: float, sha256: str | None = None) -> PublishedTeacher:
+def _published(name: str, sha256: str | None = None) -> PublishedTeacher:
+    top1 = teacher_top1(name)
+    assert top1 is not None, name
     return PublishedTeacher(name, f"cifar_teachers/{name}_vanilla/ckpt_epoch_240.pth", top1, sha256)
 
 
-#: the teachers in ``cifar_teachers.tar`` with their published CIFAR-100 top-1
+#: the teachers in ``cifar_teachers.tar`` with their published CIFAR-100 top-1 (sldistill.published)
 CIFAR_TEACHERS: dict[str, PublishedTeacher] = {
-    t.name: t
-    for t in (
-        _published("resnet56", 72.34),
-        _published("resnet110", 74.31),
-        _published("resnet32x4", 79.42),
-        _published("wrn_40_2", 75.61),
-        _published("vgg13", 74.64),
-        _published("ResNet50", 79.34),
-    )
+    t.name: t for t in (_published(n) for n in ("resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13",
+                                                  "ResNet50"))
 }
 
 
@@ -127,6 +143,147 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class ArchiveError(ValueError):
+    """A download or archive that is incomplete, does not match its hash, or is unsafe to unpack."""
+
+
+def fetch(url: str, folder: str | os.PathLike, *, sha256: str | None = None, progress: bool = True,
+          timeout: float = 60.0) -> Path:
+    """Download ``url`` into a new temporary file in ``folder`` and return its path.
+
+    The size is checked against ``Content-Length`` when the server sends one and the SHA-256
+    against ``sha256`` when given. On any failure the partial file is removed; network and
+    integrity failures raise :class:`ArchiveError` (errors writing the file, e.g. a full disk,
+    propagate as they are). The caller renames or removes the file."""
+    import urllib.request
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=folder)
+    tmp = Path(tmp_name)
+    digest, got = hashlib.sha256(), 0
+    out = os.fdopen(fd, "wb")
+    try:
+        try:
+            resp = urllib.request.urlopen(url, timeout=timeout)
+        except OSError as exc:  # HTTP errors, no route, DNS, timeouts
+            raise ArchiveError(f"cannot download {url}: {exc}") from exc
+        with out, resp:
+            length = resp.headers.get("Content-Length")
+            expected = int(length) if length and length.isdigit() else None
+            from tqdm import tqdm
+
+            with tqdm(total=expected, unit="B", unit_scale=True, desc=os.path.basename(urlparse(url).path) or url,
+                      disable=not progress, leave=False) as bar:
+                while True:
+                    try:
+                        chunk = resp.read(1 << 20)
+                    except Exception as exc:  # http.client.IncompleteRead, connection reset, ...
+                        raise ArchiveError(f"{url}: download broke off after {got} bytes "
+                                           f"({type(exc).__name__}: {exc})") from exc
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    digest.update(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+        if expected is not None and got != expected:
+            raise ArchiveError(f"{url}: incomplete download, {got} of {expected} bytes")
+        if sha256 is not None and digest.hexdigest() != sha256.lower():
+            raise ArchiveError(f"{url}: SHA-256 {digest.hexdigest()} differs from the expected {sha256.lower()}")
+    except BaseException:
+        out.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _inside(base: PurePosixPath, rel: PurePosixPath) -> bool:
+    parts: list[str] = []
+    for part in (base / rel).parts:
+        if part == "..":
+            if not parts:
+                return False
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return parts[: len(base.parts)] == list(base.parts) and len(parts) >= len(base.parts)
+
+
+def check_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """The members of ``tar`` if every one stays inside the target folder; else :class:`ArchiveError`
+    naming the first that does not: an absolute path, a ``..`` component, a link whose target
+    lies outside, or anything but files, folders and links (devices, FIFOs)."""
+    members = tar.getmembers()
+    for m in members:
+        name = PurePosixPath(m.name.replace("\\", "/"))
+        if name.is_absolute() or m.name.startswith(("/", "\\")) or (len(m.name) > 1 and m.name[1] == ":"):
+            raise ArchiveError(f"archive member {m.name!r} has an absolute path: refused")
+        if ".." in name.parts:
+            raise ArchiveError(f"archive member {m.name!r} has a '..' component: refused")
+        if m.issym() or m.islnk():
+            target = PurePosixPath(m.linkname.replace("\\", "/"))
+            base = name.parent if m.issym() else PurePosixPath()
+            if target.is_absolute() or not _inside(PurePosixPath("root"), PurePosixPath(*base.parts, *target.parts)):
+                raise ArchiveError(f"archive member {m.name!r} links to {m.linkname!r}, outside the target: refused")
+        elif not (m.isfile() or m.isdir()):
+            raise ArchiveError(f"archive member {m.name!r} is not a file, folder or link: refused")
+    return members
+
+
+def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+    """Unpack a tar archive into ``dest`` safely and return the files written.
+
+    Every member is checked first (:func:`check_members`; nothing is written if one fails),
+    then unpacked (with tarfile's ``data`` filter where Python has it) into a staging folder
+    inside ``dest`` and moved into place file by file."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        tar = tarfile.open(archive)
+    except tarfile.TarError as exc:
+        raise ArchiveError(f"{archive}: not a readable tar archive ({exc})") from exc
+    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
+    written: list[Path] = []
+    try:
+        with tar:
+            members = check_members(tar)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(staging, members=members, filter="data")
+            else:  # Python without extraction filters: the checks above are the guard
+                tar.extractall(staging, members=members)
+        for path in sorted(staging.rglob("*")):
+            target = dest / path.relative_to(staging)
+            if path.is_dir() and not path.is_symlink():
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                written.append(target)
+    except tarfile.TarError as exc:
+        raise ArchiveError(f"{archive}: cannot unpack ({exc})") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+def download_teachers(root: str | os.PathLike | None = None, *, url: str = TEACHER_ARCHIVE_URL,
+                      sha256: str | None = TEACHER_ARCHIVE_SHA256, progress: bool = True,
+                      keep_archive: bool = False) -> list[Path]:
+    """Fetch ``cifar_teachers.tar`` (:func:`fetch`) and unpack it under ``root`` (default
+    :func:`teacher_root`) with :func:`extract_archive`; return the files written. The archive is
+    kept as ``root/cifar_teachers.tar`` with ``keep_archive``, else removed."""
+    base = Path(root) if root is not None else teacher_root()
+    tmp = fetch(url, base, sha256=sha256, progress=progress)
+    try:
+        files = extract_archive(tmp, base)
+        if keep_archive:
+            os.replace(tmp, base / (os.path.basename(urlparse(url).path) or "cifar_teachers.tar"))
+    finally:
+        tmp.unlink(missing_ok=True)
+    return files
+
+
 def _torchvision_pretrained(model: nn.Module, weights_name: str, download: bool, what: str) -> None:
     """Load torchvision ImageNet weights (``"ResNet50_Weights.IMAGENET1K_V1"``) into ``model``
     strictly: from the torch hub cache, else downloaded when allowed."""
@@ -177,8 +334,9 @@ def build_teacher(cfg: Any, num_classes: int, *, download: bool | None = None) -
     if not name:
         raise ValueError("DISTILLER.TEACHER is empty: name a teacher model")
     model = create(name, num_classes, dataset)
+    trust = bool(cfg_get(cfg, "DISTILLER.TRUST_CHECKPOINT", False))
     if ckpt:
-        load_weights(model, ckpt, strict=True)
+        load_weights(model, ckpt, strict=True, trust=trust)
     elif family_of(dataset) == "imagenet":
         _load_imagenet_pretrained(model, name, dataset, num_classes, download)
     else:
@@ -193,7 +351,7 @@ def build_teacher(cfg: Any, num_classes: int, *, download: bool | None = None) -
             raise ValueError(
                 f"{path}: SHA-256 differs from the published {expected}; re-download it from {TEACHER_RELEASE_URL}"
             )
-        load_weights(model, path, strict=True)
+        load_weights(model, path, strict=True, trust=trust)
     return model.eval()
 
 
@@ -231,5 +389,5 @@ def build_student(cfg: Any, num_classes: int) -> nn.Module:
     model = create(name, num_classes, str(cfg_get(cfg, "DATASET.TYPE", "cifar100")))
     ckpt = str(cfg_get(cfg, "DISTILLER.STUDENT_CKPT", "") or "")
     if ckpt:
-        load_weights(model, ckpt, strict=True)
+        load_weights(model, ckpt, strict=True, trust=bool(cfg_get(cfg, "DISTILLER.TRUST_CHECKPOINT", False)))
     return model.train()

@@ -77,6 +77,12 @@ ENGINE_KEYS: dict[str, Key] = {
                                   "when left at its default."),
     "DISTILLER.TEACHER_CKPT": Key("", "A teacher checkpoint file, used instead of the published-teacher table."),
     "DISTILLER.STUDENT_CKPT": Key("", "Optional initial weights of the student."),
+    "DISTILLER.TEACHER_CACHE": Key("", "A teacher-logit cache file (`sldistill teacher-cache build`): the weak "
+                                   "view's teacher logits are read from it instead of computed (logit methods; the "
+                                   "teacher still runs on strong views). Empty: no cache."),
+    "DISTILLER.TRUST_CHECKPOINT": Key(False, "Unpickle teacher/student weight files in full (they may run code): "
+                                      "only for files you trust. Without it, classes a file names are read as "
+                                      "inert placeholders (also `--trust-checkpoint`)."),
     "SOLVER.TRAINER": Key("base", "Published trainer name, accepted as an alias: the views come from the "
                           "distiller, CRD sampling from its needs, DOT from `SOLVER.TYPE` (`dot`/`crd_dot` "
                           "set it to `DOT`); `aug` is refused (no release implements it).",
@@ -106,8 +112,10 @@ ENGINE_KEYS: dict[str, Key] = {
                                     "`latest.pth` and `best.pth`).", gt=0),
     "LOG.TENSORBOARD_FREQ": Key(500, "Accepted for compatibility with the published files; TensorBoard scalars "
                                 "are written once per epoch.", gt=0, compat=True),
-    "LOG.WANDB": Key(False, "Accepted for compatibility with the published files; Weights & Biases logging is "
-                     "not implemented (ignored)."),
+    "LOG.WANDB": Key(False, "Log the run to Weights & Biases (`pip install sldistill[wandb]`): project "
+                     "`EXPERIMENT.PROJECT`, name `NAME` or `TAG`, tags from `TAG`'s comma-separated parts, the "
+                     "resolved config, every per-epoch metric, `best_acc`/`last_acc` in the summary; `--resume` "
+                     "continues the W&B run (`wandb_id.txt`)."),
     "LOG.TENSORBOARD": Key(True, "Write TensorBoard event files under the run folder's `tb/`."),
     "LOG.PROGRESS": Key(True, "Show progress bars (on terminals)."),
 }
