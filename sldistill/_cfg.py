@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["cfg_get"]
+__all__ = ["cfg_get", "cfg_value"]
 
 _MISSING = object()
 
@@ -21,3 +21,13 @@ def cfg_get(cfg: Any, dotted: str, default: Any = None) -> Any:
         if node is _MISSING:
             return default
     return node
+
+
+def cfg_value(cfg: Any, dotted: str) -> Any:
+    """``cfg.A.B.C`` for ``dotted="A.B.C"`` of a full (validated) config; a missing key is a
+    ``KeyError`` naming it (the default lives in the key's declaration, not here)."""
+    value = cfg_get(cfg, dotted, _MISSING)
+    if value is _MISSING:
+        raise KeyError(f"config has no key {dotted} (build configs with sldistill.engine.config.load_config or "
+                       "get_defaults, which hold every declared key)")
+    return value

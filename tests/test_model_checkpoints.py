@@ -343,3 +343,39 @@ def test_models_package_does_not_import_engine():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.stdout.strip() == "False"
+
+
+def test_imagenet_teacher_download_creates_the_hub_folder(tmp_path, monkeypatch):
+    """On a fresh machine the torch hub cache has no checkpoints/ folder; the download makes it.
+    Served from a local HTTP server on 127.0.0.1 (stopped at the end)."""
+    import functools
+    import http.server
+    import threading
+    from types import SimpleNamespace
+
+    import torchvision
+
+    from sldistill.models import build_teacher
+
+    served = tmp_path / "served"
+    served.mkdir()
+    reference = create("ResNet18", 1000, "imagenet")
+    torch.save(reference.state_dict(), served / "resnet18-test.pth")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/resnet18-test.pth"
+        monkeypatch.setattr(torchvision.models, "get_weight", lambda name: SimpleNamespace(url=url))
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no hub/checkpoints/ yet
+        cfg = _cfg(TEACHER="ResNet18")
+        cfg.DATASET.TYPE = "imagenet"
+        teacher = build_teacher(cfg, 1000)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert (tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet18-test.pth").is_file()
+    for k, v in reference.state_dict().items():
+        assert torch.equal(teacher.state_dict()[k], v), k

@@ -85,15 +85,15 @@ def wandb_options(cfg: Any, *, resumed: bool = False) -> WandbOptions | None:
         WandbMissingError: ``LOG.WANDB`` is true and ``wandb`` is not installed (call this at
             the start of a run, so that the message comes before any data is loaded).
     """
-    from sldistill._cfg import cfg_get
+    from sldistill._cfg import cfg_value
 
-    if not bool(cfg_get(cfg, "LOG.WANDB", False)):
+    if not bool(cfg_value(cfg, "LOG.WANDB")):
         return None
     require_wandb()
-    tag = str(cfg_get(cfg, "EXPERIMENT.TAG", "") or "")
-    name = str(cfg_get(cfg, "EXPERIMENT.NAME", "") or "") or tag
+    tag = str(cfg_value(cfg, "EXPERIMENT.TAG") or "")
+    name = str(cfg_value(cfg, "EXPERIMENT.NAME") or "") or tag
     config = cfg.to_dict() if hasattr(cfg, "to_dict") else json.loads(json.dumps(cfg, default=str))
-    return WandbOptions(project=str(cfg_get(cfg, "EXPERIMENT.PROJECT", "") or "sldistill"), name=name,
+    return WandbOptions(project=str(cfg_value(cfg, "EXPERIMENT.PROJECT") or "sldistill"), name=name,
                         tags=[t.strip() for t in tag.split(",") if t.strip()], config=config, resumed=resumed)
 
 

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from sldistill._cfg import cfg_get
+from sldistill._cfg import cfg_value
 from sldistill.published import teacher_top1
 
 from .checkpoint import extract_state_dict, load_state_dict_checked, load_weights, read_checkpoint
@@ -95,7 +95,7 @@ CIFAR_TEACHERS: dict[str, PublishedTeacher] = {
 def teacher_root(cfg: Any = None) -> Path:
     """The teacher root: an explicit ``DISTILLER.TEACHER_ROOT`` (other than the default),
     else ``$SLDISTILL_TEACHER_ROOT``, else ``./download_ckpts``."""
-    configured = str(cfg_get(cfg, "DISTILLER.TEACHER_ROOT", "") or "") if cfg is not None else ""
+    configured = str(cfg_value(cfg, "DISTILLER.TEACHER_ROOT") or "") if cfg is not None else ""
     env = os.environ.get(ENV_TEACHER_ROOT, "")
     if configured and configured != DEFAULT_TEACHER_ROOT:
         return Path(configured).expanduser()
@@ -301,6 +301,7 @@ def _torchvision_pretrained(model: nn.Module, weights_name: str, download: bool,
                 "or set DISTILLER.TEACHER_CKPT to a weight file."
             )
         try:
+            cached.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has no hub checkpoints/ folder
             torch.hub.download_url_to_file(weights.url, str(cached), progress=True)
         except Exception as e:  # no network, HTTP error, disk full, ...
             raise FileNotFoundError(
@@ -326,15 +327,15 @@ def build_teacher(cfg: Any, num_classes: int, *, download: bool | None = None) -
         FileNotFoundError: the weight file is missing (the message says where it is expected).
         CheckpointError / WeightsMismatchError: the file is unreadable or does not fit.
     """
-    name = str(cfg_get(cfg, "DISTILLER.TEACHER", ""))
-    dataset = str(cfg_get(cfg, "DATASET.TYPE", "cifar100"))
-    ckpt = str(cfg_get(cfg, "DISTILLER.TEACHER_CKPT", "") or "")
+    name = str(cfg_value(cfg, "DISTILLER.TEACHER"))
+    dataset = str(cfg_value(cfg, "DATASET.TYPE"))
+    ckpt = str(cfg_value(cfg, "DISTILLER.TEACHER_CKPT") or "")
     if download is None:
-        download = bool(cfg_get(cfg, "DATASET.DOWNLOAD", True))
+        download = bool(cfg_value(cfg, "DATASET.DOWNLOAD"))
     if not name:
         raise ValueError("DISTILLER.TEACHER is empty: name a teacher model")
     model = create(name, num_classes, dataset)
-    trust = bool(cfg_get(cfg, "DISTILLER.TRUST_CHECKPOINT", False))
+    trust = bool(cfg_value(cfg, "DISTILLER.TRUST_CHECKPOINT"))
     if ckpt:
         load_weights(model, ckpt, strict=True, trust=trust)
     elif family_of(dataset) == "imagenet":
@@ -383,11 +384,11 @@ def _load_imagenet_pretrained(model: nn.Module, name: str, dataset: str, num_cla
 def build_student(cfg: Any, num_classes: int) -> nn.Module:
     """The student named by ``DISTILLER.STUDENT`` for ``DATASET.TYPE``, with the optional
     initial weights of ``DISTILLER.STUDENT_CKPT`` (loaded strictly), in train mode."""
-    name = str(cfg_get(cfg, "DISTILLER.STUDENT", ""))
+    name = str(cfg_value(cfg, "DISTILLER.STUDENT"))
     if not name:
         raise ValueError("DISTILLER.STUDENT is empty: name a student model")
-    model = create(name, num_classes, str(cfg_get(cfg, "DATASET.TYPE", "cifar100")))
-    ckpt = str(cfg_get(cfg, "DISTILLER.STUDENT_CKPT", "") or "")
+    model = create(name, num_classes, str(cfg_value(cfg, "DATASET.TYPE")))
+    ckpt = str(cfg_value(cfg, "DISTILLER.STUDENT_CKPT") or "")
     if ckpt:
-        load_weights(model, ckpt, strict=True, trust=bool(cfg_get(cfg, "DISTILLER.TRUST_CHECKPOINT", False)))
+        load_weights(model, ckpt, strict=True, trust=bool(cfg_value(cfg, "DISTILLER.TRUST_CHECKPOINT")))
     return model.train()
