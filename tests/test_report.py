@@ -2,7 +2,6 @@
 seeds needed) and ``sldistill report RUN_DIRS...``."""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -14,7 +13,7 @@ from sldistill import models
 from sldistill.engine.config import load_config, save_config
 from sldistill.published import PUBLISHED, SOURCES, experiment_key, lookup, teacher_top1
 from sldistill.report import MethodSummary, mean_ci, seeds_needed, t_quantile
-from sldistill.zoo_cli import add_report_parser, add_teachers_parser, group_records
+from sldistill.zoo_cli import group_records
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -102,12 +101,9 @@ def test_seeds_needed_for_half_a_point() -> None:
 
 
 def _run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sldistill")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_teachers_parser(sub)
-    add_report_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    from sldistill.cli import main
+
+    return main(argv)
 
 
 def _run_folder(path: Path, rel: str, seed: int, acc: list[float], *extra: str) -> Path:

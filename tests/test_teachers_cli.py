@@ -3,7 +3,6 @@ generated archives (tiny real teacher checkpoints): a good one, a truncated one,
 escapes the target; plus the member checks and the verify step on generated CIFAR-100 files."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.server
 import io
@@ -15,22 +14,18 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from datagen import write_cifar100, write_published_teacher
+
 from sldistill.models import teachers
 from sldistill.models.teachers import ArchiveError, check_members
-from sldistill.zoo_cli import add_report_parser, add_teachers_parser
 
 NAMES = ("resnet56", "wrn_40_2")
 
 
 def _run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sldistill")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_teachers_parser(sub)
-    add_report_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    from sldistill.cli import main
+
+    return main(argv)
 
 
 def _tar(members: dict[str, bytes]) -> bytes:
