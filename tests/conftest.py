@@ -81,3 +81,12 @@ def _small_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+def run_subcommand(argv: list[str]) -> int:
+    """Run one ``sldistill`` subcommand's handler directly (its exceptions propagate, unlike
+    ``sldistill.cli.main``, which turns them into exit codes)."""
+    from sldistill.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import run_subcommand
 
 from sldistill import models
 from sldistill.engine.config import load_config, save_config
@@ -100,10 +101,7 @@ def test_seeds_needed_for_half_a_point() -> None:
 # ------------------------------------------------------------------ sldistill report
 
 
-def _run(argv: list[str]) -> int:
-    from sldistill.cli import main
-
-    return main(argv)
+_run = run_subcommand
 
 
 def _run_folder(path: Path, rel: str, seed: int, acc: list[float], *extra: str) -> Path:

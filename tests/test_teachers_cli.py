@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from conftest import run_subcommand
 from datagen import write_cifar100, write_published_teacher
 
 from sldistill.models import teachers
@@ -22,10 +23,7 @@ from sldistill.models.teachers import ArchiveError, check_members
 NAMES = ("resnet56", "wrn_40_2")
 
 
-def _run(argv: list[str]) -> int:
-    from sldistill.cli import main
-
-    return main(argv)
+_run = run_subcommand
 
 
 def _tar(members: dict[str, bytes]) -> bytes:
