@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "models": ("zoo models: layout and precision", ["--threads", "2"]),
     "data": ("two-view loading vs a PIL pipeline", []),
     "train_step": ("SLD training step vs a release-style step", ["--threads", "2"]),
+    "teacher_cache": ("KD/SLD steps with the teacher cache vs the live teacher", ["--threads", "2"]),
 }
 
 

@@ -312,6 +312,9 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="comma-separated devices to spread runs over (default: every CUDA device if several)")
     p.add_argument("--base", default=None, metavar="NAME", help="codebase defaults the files assume")
     p.add_argument("--rerun", action="store_true", help="train again even where a finished run exists")
+    p.add_argument("--teacher-cache", default="auto", choices=("auto", "off"),
+                   help="auto (default): build or reuse an exact teacher-logit cache for the runs that share a "
+                        "teacher and data where it saves more than it costs (said at start); off: never")
     p.add_argument("--baseline", default=None, metavar="LABEL",
                    help="method label: report every other method's paired difference to it (per seed, 95%% CI)")
     p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="overrides applied to every run")
@@ -329,7 +332,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     command = "sldistill " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["sweep"] else ""
     res = run_sweep(args.cfg, args.seeds, list(args.opts or []), out=args.out, base=args.base,
                     first_seed=args.first_seed, labels=args.label, devices=devices, rerun=args.rerun,
-                    command=command, baseline=args.baseline)
+                    command=command, baseline=args.baseline, teacher_cache=args.teacher_cache)
     print(res.table)
     print("std: sample standard deviation (N - 1) over seeds; written: "
           + ", ".join(str(p) for p in res.files.values()))
@@ -344,7 +347,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        description="Run benchmarks/run_all.py of the source checkout: each benchmark compares "
                                    "ours with a plain implementation of the same work in the same run.")
     p.add_argument("--only", default=None, metavar="NAMES",
-                   help="comma-separated subset of: losses, models, data, train_step")
+                   help="comma-separated subset of: losses, models, data, train_step, teacher_cache")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the outputs to a markdown file")
     p.set_defaults(func=cmd_bench)
     return p
@@ -381,6 +384,13 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     return zoo_cli.add_report_parser(sub)
 
 
+def add_teacher_cache_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``sldistill teacher-cache build | info | check`` (sldistill.teacher_cache)."""
+    from sldistill.teacher_cache import add_teacher_cache_parser as add
+
+    return add(sub)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [
     add_train_parser,
     add_eval_parser,
@@ -390,6 +400,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser
     add_sweep_parser,
     add_report_parser,
     add_teachers_parser,
+    add_teacher_cache_parser,
     add_bench_parser,
 ]
 

@@ -193,6 +193,8 @@ def _folder_decision(job: SweepJob, rerun: bool) -> str:
     cfg_file = d / "config.yaml"
     saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
     changes, _ = config_changes(saved or {}, job.cfg)
+    # the cache gives the teacher's own logits: whether a run read one does not change it
+    changes = [c for c in changes if not c.startswith("DISTILLER.TEACHER_CACHE:")]
     if changes:
         raise ValueError(f"[sweep] {job.method} seed {job.seed}: {d} holds {state.describe()} of a different config "
                          f"({'; '.join(changes[:5])}{' ...' if len(changes) > 5 else ''}); not replacing it. Use "
@@ -200,6 +202,22 @@ def _folder_decision(job: SweepJob, rerun: bool) -> str:
     if state.finished:
         return "reuse"
     return "resume" if (d / "latest.pth").is_file() else "overwrite"
+
+
+def _use_teacher_caches(jobs: Sequence[SweepJob]) -> None:
+    """Build or reuse a teacher cache for each group of runs where it pays (see ``run_sweep``)."""
+    from sldistill.teacher_cache import build_cache, plan_teacher_caches
+
+    planning = plan_teacher_caches([j.cfg for j in jobs])
+    for plan in planning.plans:
+        if not plan.cost.pays:
+            print(f"[sweep] no teacher cache: {plan.describe()}", flush=True)
+            continue
+        print(f"[sweep] teacher cache {'reused' if plan.ready else 'built'}: {plan.describe()}", flush=True)
+        if not plan.ready:
+            build_cache(plan.cfg, plan.path)
+        for i in plan.runs:
+            jobs[i].cfg.DISTILLER.TEACHER_CACHE = str(plan.path)
 
 
 def _launch_subprocess(job: SweepJob, device: str, log: Path) -> subprocess.Popen:
@@ -340,12 +358,16 @@ def write_sweep_report(summaries: Sequence[MethodSummary], records: Sequence[Run
 def run_sweep(cfg_files: Sequence[str | Path], seeds: int | Sequence[int], overrides: Sequence[str] = (), *,
               out: str | Path = "runs/sweep", base: str | None = None, first_seed: int = 0,
               labels: Sequence[str] | None = None, devices: Sequence[str] | None = None, rerun: bool = False,
-              command: str = "", baseline: str | None = None,
+              command: str = "", baseline: str | None = None, teacher_cache: str = "auto",
               train_fn: Callable[..., Any] | None = None) -> SweepResult:
     """Train every (config, seed) pair, then aggregate and write the report (see module docs).
 
     Args:
         baseline: a method label: report every other method's paired difference to it.
+        teacher_cache: ``"auto"``: where the runs that can share one exact teacher-logit cache
+            (:mod:`sldistill.teacher_cache`) would save more teacher forwards than building it
+            costs, build it (or reuse a finished one) and let them read it, saying so with the
+            estimated saving; ``"off"``: never.
         train_fn: what trains one config in this process (default :func:`sldistill.engine.run.train`).
 
     Returns:
@@ -364,6 +386,10 @@ def run_sweep(cfg_files: Sequence[str | Path], seeds: int | Sequence[int], overr
         from sldistill.engine.run import train
 
         train_fn = train
+    if teacher_cache not in ("auto", "off"):
+        raise ValueError(f"teacher_cache must be 'auto' or 'off', got {teacher_cache!r}")
+    if teacher_cache == "auto":
+        _use_teacher_caches(jobs)
     todo = []
     for job in jobs:  # decide for every seed first: a conflict stops the sweep before anything trains
         job.mode = _folder_decision(job, rerun)

@@ -1,5 +1,7 @@
 """`sldistill bench` finds the benchmarks of the checkout and validates its arguments; the
 train-step benchmark's compute floor counts multiply-accumulates correctly."""
+from pathlib import Path
+
 from benchmarks.run_all import BENCHMARKS, to_markdown
 from sldistill.cli import main
 
@@ -13,7 +15,8 @@ def test_bench_rejects_unknown_names_with_the_valid_ones(capfd):
 def test_report_lists_each_benchmark_with_its_output():
     text = to_markdown([("losses", "row 1\nspeed-up 4.0x\n", 12.0, 0)])
     assert text.startswith("Measured ") and "### losses" in text and "speed-up 4.0x" in text
-    assert set(BENCHMARKS) == {"losses", "models", "data", "train_step"}
+    assert set(BENCHMARKS) == {"losses", "models", "data", "train_step", "teacher_cache"}
+    assert all((Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py").is_file() for name in BENCHMARKS)
 
 
 def test_train_step_floor_counts_conv_and_linear_macs() -> None:

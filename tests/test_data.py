@@ -85,7 +85,9 @@ def test_cifar100_loader_batches_are_named_records(cifar_root):
     assert loaders.num_classes == 100 and loaders.num_train == 200 and loaders.num_views == 1
     assert isinstance(loaders.train_sampler, EpochSampler) and len(loaders.train_sampler) == 200
     batch = next(iter(loaders.train))
-    assert set(batch) == {"views", "target", "index"} and loaders.batch_keys == ("views", "target", "index")
+    keys = ("views", "target", "index", "view_id")  # view_id: CIFAR's weak view is finite
+    assert set(batch) == set(keys) and loaders.batch_keys == keys
+    assert batch["view_id"].dtype == torch.int64 and batch["view_id"].shape == (8,)
     assert isinstance(batch["views"], list) and len(batch["views"]) == 1
     img, target, index = batch["views"][0], batch["target"], batch["index"]
     assert img.shape == (8, 3, 32, 32) and img.dtype == torch.float32
@@ -303,7 +305,8 @@ def test_dataset_keys_are_checked_when_read(cifar_root):
 
 
 def test_needs_select_the_batch_items(cifar_root):
-    assert build_loaders(_cfg("cifar100", cifar_root), needs=("index",)).batch_keys == ("views", "target", "index")
+    assert build_loaders(_cfg("cifar100", cifar_root), needs=("index",)).batch_keys == \
+        ("views", "target", "index", "view_id")
     with pytest.raises(ValueError, match=r"cannot provide batch item\(s\) \['teacher_logits'\]"):
         build_loaders(_cfg("cifar100", cifar_root), needs=("index", "teacher_logits"))
 
@@ -529,10 +532,11 @@ def test_crd_contrast_indices(cifar_root, mode):
     cfg["CRD"]["NCE"]["K"] = 50
     cfg["CRD"]["MODE"] = mode
     loaders = build_loaders(cfg, **CRD)
-    assert loaders.batch_keys == ("views", "target", "index", "contrast_index") and loaders.datasets.contrastive
+    assert loaders.batch_keys == ("views", "target", "index", "contrast_index", "view_id")
+    assert loaders.datasets.contrastive
     targets = torch.from_numpy(loaders.datasets.train.targets)
     batch = next(iter(loaders.train))
-    assert set(batch) == {"views", "target", "index", "contrast_index"}
+    assert set(batch) == {"views", "target", "index", "contrast_index", "view_id"}
     img, target, index, contrast = batch["views"][0], batch["target"], batch["index"], batch["contrast_index"]
     assert len(batch["views"]) == 1 and img.shape == (8, 3, 32, 32)
     assert contrast.shape == (8, 51) and contrast.dtype == torch.int64
@@ -640,3 +644,43 @@ def test_pin_memory_only_on_cuda(cifar_root):
     assert build_loaders(cfg, device="cuda:0").train.pin_memory is True  # built, not iterated
     cfg["DATASET"]["PIN_MEMORY"] = False
     assert build_loaders(cfg, device="cuda").train.pin_memory is False
+
+
+# ---------------------------------------------------------------------------------------------
+# weak-view ids
+# ---------------------------------------------------------------------------------------------
+
+def _epoch_batches(loaders, epoch: int) -> list[dict]:
+    loaders.train_sampler.set_epoch(epoch)
+    return list(loaders.train)
+
+
+@pytest.mark.parametrize("kind", ["cifar100", "folder"])
+def test_view_ids_render_the_weak_view_and_do_not_depend_on_workers(kind, cifar_root, folder_root):
+    from sldistill.data import normalize_batch
+
+    root = cifar_root if kind == "cifar100" else folder_root
+    cfg = _cfg(kind, root, batch=6)
+    loaders = build_loaders(cfg, **TWO, needs=("view_id",))
+    ds = loaders.datasets
+    assert ds.view_ids and "view_id" in loaders.batch_keys
+    batches = _epoch_batches(loaders, 3)[:3]
+    for batch in batches:
+        vid, index = batch["view_id"], batch["index"]
+        assert vid.dtype == torch.int64 and vid.shape == index.shape
+        rendered = np.stack([ds.weak_transform.render(ds.train.image(int(i)), int(v)) for i, v in zip(index, vid)])
+        expect = normalize_batch(torch.from_numpy(rendered).permute(0, 3, 1, 2), ds.mean, ds.std)
+        assert torch.equal(batch["views"][0], expect)  # (index, view_id) names the weak view exactly
+    cfg["DATASET"]["NUM_WORKERS"] = 2
+    with_workers = _epoch_batches(build_loaders(cfg, **TWO), 3)[:3]
+    for a, b in zip(batches, with_workers):
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in ("target", "index", "view_id"))
+        assert all(torch.equal(x, y) for x, y in zip(a["views"], b["views"]))
+
+
+def test_no_view_ids_for_a_weak_view_that_is_not_finite(tmp_path):
+    root = write_tiny_imagenet(tmp_path / "tiny", n_classes=3, per_class=4, n_val=3)
+    loaders = build_loaders(_cfg("tiny_imagenet", root, batch=4))
+    assert not loaders.datasets.view_ids and "view_id" not in next(iter(loaders.train))
+    with pytest.raises(ValueError, match=r"not finite: RandomRotateFlip\(degrees=20.0\): a random rotation"):
+        build_loaders(_cfg("tiny_imagenet", root, batch=4), needs=("view_id",))

@@ -241,3 +241,126 @@ def test_collate_builds_named_records_and_strong_views_after_the_first():
     assert set(record) == {"image", "target"} and record["image"].shape == (6, 3, 32, 32)
     with pytest.raises(ValueError, match="a validation item has one view, got 3"):
         val(items)
+
+
+# ---------------------------------------------------------------------------------------------
+# finite weak views: view ids (the key of the teacher-logit cache)
+# ---------------------------------------------------------------------------------------------
+
+# sha256 (first 16 hex) of 50 successive outputs, and the generator's next draw, recorded with the
+# code before view ids existed: drawing and applying a view id must not change the stream or the bytes
+GOLDEN = {
+    ("crop32p4", 0): ("82895169037ec5f7", 493018052),
+    ("crop32p4", 1): ("4ec760d7291b3d75", 1083895609),
+    ("crop32p4", 7): ("0e7e15c87c507a3c", 892932601),
+    ("crop32p4grey", 0): ("fb1147bc00ba8905", 493018052),
+    ("crop32p4grey", 1): ("8a65de24c740b823", 1083895609),
+    ("crop32p4grey", 7): ("7c96fde7e9a11bf8", 892932601),
+    ("crop32p4rect", 0): ("afbdb1f18c5096ba", 493018052),
+    ("crop32p4rect", 1): ("204b06146c6abf71", 1083895609),
+    ("crop32p4rect", 7): ("4258c7ca98ec397a", 892932601),
+    ("crop28p2noflip", 0): ("a39a7fc2654b2ddc", 860813095),
+    ("crop28p2noflip", 1): ("c4152bf63cf572af", 148210009),
+    ("crop28p2noflip", 7): ("518f5c8dea506116", 1473219434),
+    ("resize32p4", 0): ("a16c89dd09d94a05", 493018052),
+    ("resize32p4", 1): ("a7e6ed4acee415ef", 1083895609),
+    ("resize32p4", 7): ("a939ed2fa5684a94", 892932601),
+    ("resize16p2", 0): ("04e8cdba6cb928a2", 493018052),
+    ("resize16p2", 1): ("8f047a108b864f40", 1083895609),
+    ("resize16p2", 7): ("96d3ad0e6c808371", 892932601),
+}
+
+
+def _golden_cases():
+    from sldistill.data.transforms import ResizeRandomCropFlip
+
+    img_rng = np.random.default_rng(123)
+    imgs = {
+        "cifar": img_rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+        "grey": img_rng.integers(0, 256, (32, 32, 1), dtype=np.uint8),
+        "rect": img_rng.integers(0, 256, (30, 36, 3), dtype=np.uint8),
+        "pil40": Image.fromarray(img_rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)),
+    }
+    return imgs, {
+        "crop32p4": (RandomCropFlip(32, padding=4), "cifar"),
+        "crop32p4grey": (RandomCropFlip(32, padding=4), "grey"),
+        "crop32p4rect": (RandomCropFlip(32, padding=4), "rect"),
+        "crop28p2noflip": (RandomCropFlip(28, padding=2, flip=False), "cifar"),
+        "resize32p4": (ResizeRandomCropFlip(32, 4), "pil40"),
+        "resize16p2": (ResizeRandomCropFlip(16, 2), "rect"),
+    }
+
+
+def _digest(arrays) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name,seed", sorted(GOLDEN))
+def test_finite_transforms_keep_their_stream_and_bytes_and_ids_render_the_view(name, seed):
+    imgs, cases = _golden_cases()
+    t, key = cases[name]
+    img = imgs[key]
+    rng = np.random.default_rng(seed)
+    assert (_digest([t(img, rng) for _ in range(50)]), int(rng.integers(0, 2**31))) == GOLDEN[(name, seed)]
+    rng = np.random.default_rng(seed)
+    drawn = [t.draw(img, rng) for _ in range(50)]  # the same draws, the same views, with their ids
+    assert (_digest([v for v, _ in drawn]), int(rng.integers(0, 2**31))) == GOLDEN[(name, seed)]
+    count = t.view_count(img)
+    every = t.render_all(img)
+    assert every.shape[0] == count and every.dtype == np.uint8
+    for view, vid in drawn:
+        assert 0 <= vid < count
+        assert np.array_equal(t.render(img, vid), view) and np.array_equal(every[vid], view)
+
+
+def test_crop_flip_grid_is_the_one_encoding():
+    from sldistill.data.transforms import CropFlipGrid
+
+    t = RandomCropFlip(32, padding=4)
+    grid = t.grid(32, 32)
+    assert grid == CropFlipGrid(9, 9, 2) and grid.count == 162 == t.view_count(np.zeros((32, 32, 3), np.uint8))
+    ids = [grid.encode(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)]
+    assert ids == list(range(162))  # id = (dy * 9 + dx) * 2 + flip
+    assert all(grid.decode(i) == (i // 2 // 9, i // 2 % 9, bool(i % 2)) for i in range(162))
+    assert RandomCropFlip(28, padding=2, flip=False).grid(32, 32) == CropFlipGrid(9, 9, 1)
+    with pytest.raises(ValueError, match="out of range for 162 views"):
+        grid.decode(162)
+    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert np.array_equal(t.render(img, grid.encode(4, 4, 0)), img)  # the centred crop is the image
+    assert np.array_equal(t.render(img, grid.encode(4, 4, 1)), img[:, ::-1])
+    shifted = t.render(img, grid.encode(0, 8, 0))  # corner (0, 8) of the padded image: up 4, right 4
+    assert np.array_equal(shifted[4:, :28], img[:28, 4:]) and not shifted[:4].any() and not shifted[:, 28:].any()
+    assert len({t.render(img, i).tobytes() for i in range(162)}) == 162  # all distinct for a random image
+
+
+def test_finite_and_not_finite_transforms_say_so():
+    from sldistill.data.transforms import RandomRotateFlip, ResizeRandomCropFlip, ToArray, finite_view_problem
+
+    for t in (RandomCropFlip(32, 4), ResizeRandomCropFlip(32, 4), ToArray(), ResizeCenterCrop(36, 32)):
+        assert finite_view_problem(t) is None
+    assert ResizeRandomCropFlip(32, 4).view_count() == 162 and ToArray().view_count() == 1
+    assert ResizeRandomCropFlip(32, 4).view_params() == {"transform": "ResizeRandomCropFlip", "size": 32,
+                                                         "padding": 4, "flip": True, "resize": 32}
+    assert "RandomResizedCropFlip" in finite_view_problem(RandomResizedCropFlip(224))
+    assert "continuous angle" in finite_view_problem(RandomRotateFlip(20.0))
+    assert "StrongAugment declares no finite set of views" in finite_view_problem(StrongAugment())
+
+
+def test_collate_adds_view_ids_only_when_every_item_has_one():
+    from sldistill.data.collate import BatchCollate
+    from sldistill.data.datasets import Views
+
+    rng = np.random.default_rng(3)
+    items = [(Views([_image(rng)], epoch=0, view_id=i * 7), 0, i) for i in range(4)]
+    collate = BatchCollate((0.5,) * 3, (0.25,) * 3, train=True)
+    batch = collate(items)
+    assert batch["view_id"].tolist() == [0, 7, 14, 21] and batch["view_id"].dtype == torch.int64
+    assert "view_id" not in collate(items[:2] + [(Views([_image(rng)]), 0, 9)])
+    import pickle
+
+    assert pickle.loads(pickle.dumps(items[1][0])).view_id == 7  # crosses to the main process from workers

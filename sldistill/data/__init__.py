@@ -7,7 +7,8 @@ views and the extra batch items it needs), :func:`build_datasets` (for your own 
 
 Modules: :mod:`.registry` (entries), :mod:`.builtin` (the five built-in datasets),
 :mod:`.datasets` (items, keys, per-item generator), :mod:`.cifar`, :mod:`.fashion_mnist`,
-:mod:`.folders` (readers), :mod:`.transforms` (per-image views), :mod:`.augment` with
+:mod:`.folders` (readers), :mod:`.transforms` (per-image views; the finite ones number them:
+:class:`CropFlipGrid`, carried as a training batch's ``view_id``), :mod:`.augment` with
 :mod:`.strong_ops` and :mod:`.pil_reference` (the strong policy), :mod:`.sampling`,
 :mod:`.contrastive`, :mod:`.collate`, :mod:`.loaders`, :mod:`.keys`, :mod:`.checks`.
 """
@@ -41,6 +42,7 @@ from .registry import (
     register_dataset,
 )
 from .sampling import EpochSampler, ShardSampler, batch_seed
+from .transforms import CropFlipGrid, finite_view_problem
 
 __all__ = [
     "register_dataset", "available_datasets", "get_dataset", "DatasetSpec", "DatasetEntry", "DATA_KEYS",
@@ -50,5 +52,5 @@ __all__ = [
     "read_cifar100", "read_fashion_mnist", "read_idx", "read_imagenet", "read_tiny_imagenet", "read_folder",
     "resolve_root", "scan_image_folder", "BatchCollate", "ContrastiveDataset", "Datasets", "Loaders",
     "EpochSampler", "ShardSampler", "batch_seed", "balanced_subset", "build_datasets", "build_loaders",
-    "check_num_classes", "classifier_out_features", "view_transforms",
+    "check_num_classes", "classifier_out_features", "view_transforms", "CropFlipGrid", "finite_view_problem",
 ]

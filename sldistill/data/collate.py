@@ -5,7 +5,9 @@ Batches are named records (dicts):
 * training: ``{"views": [Tensor, ...], "target": LongTensor[B], "index": LongTensor[B]}``
   with one ``float32`` ``[B, 3, H, W]`` tensor per view (the weak view first, every later
   one strong), plus ``"contrast_index": LongTensor[B, K + 1]`` when the items carry CRD's
-  contrast indices;
+  contrast indices, and ``"view_id": LongTensor[B]`` (the id of each weak view, see
+  :class:`sldistill.data.transforms.CropFlipGrid`) when the weak view's transform is finite:
+  ``(index, view_id)`` names the exact weak view, which a teacher-logit cache looks up;
 * validation: ``{"image": Tensor, "target": LongTensor[B]}``.
 """
 from __future__ import annotations
@@ -22,8 +24,9 @@ from .sampling import batch_seed
 
 __all__ = ["BatchCollate", "TRAIN_BATCH_KEYS"]
 
-#: what a training batch holds: always the first three, ``contrast_index`` for CRD sampling
-TRAIN_BATCH_KEYS = ("views", "target", "index", "contrast_index")
+#: what a training batch holds: always the first three, ``contrast_index`` for CRD sampling,
+#: ``view_id`` when the weak view's transform is finite
+TRAIN_BATCH_KEYS = ("views", "target", "index", "contrast_index", "view_id")
 
 
 def _worker_output(shape: Sequence[int]) -> torch.Tensor | None:
@@ -88,4 +91,7 @@ class BatchCollate:
                                  "index": torch.tensor([it[2] for it in items], dtype=torch.int64)}
         if len(items[0]) > 3:
             batch["contrast_index"] = torch.from_numpy(np.stack([it[3] for it in items]))
+        view_ids = [getattr(it[0], "view_id", None) for it in items]
+        if all(v is not None for v in view_ids):
+            batch["view_id"] = torch.tensor(view_ids, dtype=torch.int64)
         return batch

@@ -2,7 +2,9 @@
 
 Every dataset returns ``(views, target, index)`` where ``views`` is a tuple of ``uint8``
 ``H x W x 3`` arrays, one per view transform (one for single-view training and validation,
-more for the weak/strong mode). Normalisation and the strong policy run per batch in the
+more for the weak/strong mode). When the first (weak) view's transform has a finite set of
+views (``finite_views``, see :mod:`.transforms`), ``views.view_id`` is the id of the view
+drawn (the same draws and bytes as without it), else ``None``. Normalisation and the strong policy run per batch in the
 collate step (:class:`sldistill.data.collate.BatchCollate`).
 
 Keys: ``dataset[i]`` (epoch 0) or ``dataset[(epoch, i)]`` (what the training sampler
@@ -123,17 +125,20 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 class Views(tuple):
     """The view arrays of one item (a plain tuple otherwise), carrying the ``epoch`` they were
-    drawn for, so that the collate step can key the batched strong policy on it."""
+    drawn for, so that the collate step can key the batched strong policy on it, and the
+    ``view_id`` of the first view (``None`` unless its transform is finite)."""
 
     epoch: int
+    view_id: int | None
 
-    def __new__(cls, arrays: Iterable[np.ndarray], epoch: int = 0) -> "Views":
+    def __new__(cls, arrays: Iterable[np.ndarray], epoch: int = 0, view_id: int | None = None) -> "Views":
         obj = super().__new__(cls, arrays)
         obj.epoch = int(epoch)
+        obj.view_id = None if view_id is None else int(view_id)
         return obj
 
     def __reduce__(self) -> tuple:
-        return (Views, (tuple(self), self.epoch))
+        return (Views, (tuple(self), self.epoch, self.view_id))
 
 
 class _ViewsDataset(torch.utils.data.Dataset):
@@ -151,6 +156,11 @@ class _ViewsDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
 
     @property
+    def weak_view_ids(self) -> bool:
+        """Whether items carry the first view's id (its transform has ``finite_views``)."""
+        return bool(self.views) and bool(getattr(self.views[0], "finite_views", False))
+
+    @property
     def num_classes(self) -> int:
         """Number of classes (from the dataset's class list, not from the labels present)."""
         return len(self.classes)
@@ -158,14 +168,23 @@ class _ViewsDataset(torch.utils.data.Dataset):
     def _load(self, index: int) -> Any:
         raise NotImplementedError
 
+    def image(self, index: int) -> Any:
+        """Stored image ``index`` before any view transform (an array row or a decoded file)."""
+        return self._load(index)
+
     def item_rng(self, epoch: int, index: int) -> np.random.Generator:
         """The generator of item ``index``'s draws in ``epoch``: :func:`item_rng` with this dataset's seed."""
         return item_rng(self.seed, epoch, index)
 
     def item(self, index: int, rng: np.random.Generator, epoch: int = 0) -> tuple[Views, int, int]:
-        """``(views, target, index)`` of sample ``index`` with the view transforms drawing from ``rng``."""
+        """``(views, target, index)`` of sample ``index`` with the view transforms drawing from ``rng``
+        (in order; the first view's id is kept when its transform is finite)."""
         img = self._load(index)
-        return Views((t(img, rng) for t in self.views), epoch), int(self.targets[index]), int(index)
+        if not self.weak_view_ids:
+            return Views((t(img, rng) for t in self.views), epoch), int(self.targets[index]), int(index)
+        first, view_id = self.views[0].draw(img, rng)  # type: ignore[attr-defined]
+        views = Views((first, *(t(img, rng) for t in self.views[1:])), epoch, view_id)
+        return views, int(self.targets[index]), int(index)
 
     def __getitem__(self, key: ItemKey) -> tuple[Views, int, int]:
         epoch, index = split_key(key, len(self))

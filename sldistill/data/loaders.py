@@ -5,7 +5,9 @@
 of views and CRD sampling come from the caller (the distiller's ``num_views`` and ``needs``),
 never from the published trainer name. Training batches are ``{"views": [...], "target", "index"}``
 (``num_views`` tensors, weak first) plus ``"contrast_index"`` ``[B, K + 1]`` (positive first)
-when ``"contrast_index"`` is needed; validation batches are ``{"image", "target"}``.
+when ``"contrast_index"`` is needed, and ``"view_id"`` ``[B]`` (the id of each weak view) when
+the dataset's weak transform has a finite set of views (the CIFAR-style crop and flip: see
+:mod:`.transforms`); validation batches are ``{"image", "target"}``.
 
 Randomness: every random draw of the training stream is a pure function of the run seed, the
 epoch and the sample or batch, whatever process makes it and however many workers there are.
@@ -43,6 +45,7 @@ from .datasets import ArrayDataset, FileDataset, resolve_root
 from .keys import data_option
 from .registry import get_dataset
 from .sampling import EpochSampler, ShardSampler, worker_init
+from .transforms import finite_view_problem
 
 __all__ = ["Datasets", "Loaders", "build_datasets", "build_loaders", "balanced_subset", "view_transforms"]
 
@@ -101,6 +104,8 @@ class Datasets:
     contrastive: bool = False
     test_transform: Callable | None = None
     source: str = ""  #: where the files were read from
+    weak_transform: Callable | None = None  #: the first training view's transform
+    view_ids: bool = False  #: whether training batches carry ``view_id`` (the weak transform is finite)
 
 
 def _dataset(kind: str, split: Any, classes: list[str], views: list, seed: int) -> ArrayDataset | FileDataset:
@@ -162,6 +167,7 @@ def build_datasets(cfg: Any, *, num_views: int = 1, contrastive: bool = False, r
         val_collate=BatchCollate(spec.mean, spec.std, train=False, seed=seed, rank=rank),
         num_views=num_views, mean=spec.mean, std=spec.std, seed=seed, kind=entry.name,
         contrastive=bool(contrastive), test_transform=test_view, source=source,
+        weak_transform=train_view, view_ids=finite_view_problem(train_view) is None,
     )
 
 
@@ -189,7 +195,9 @@ def build_loaders(cfg: Any, *, num_views: int = 1, needs: Sequence[str] = (), ra
     Args:
         num_views: the distiller's number of views (1, or 2 for weak + strong).
         needs: the distiller's extra batch items; ``"index"`` is always there,
-            ``"contrast_index"`` turns on CRD sampling. Anything else is a ``ValueError``.
+            ``"contrast_index"`` turns on CRD sampling, ``"view_id"`` is there when the weak
+            view is finite (asking for it otherwise is a ``ValueError`` naming the transform).
+            Anything else is a ``ValueError``.
         rank, world_size: this process and the number of processes.
         device: where the batches go (memory is pinned for CUDA when ``DATASET.PIN_MEMORY``).
         seed: the run seed (default ``EXPERIMENT.SEED``).
@@ -206,7 +214,8 @@ def build_loaders(cfg: Any, *, num_views: int = 1, needs: Sequence[str] = (), ra
     unknown = [n for n in needs if n not in TRAIN_BATCH_KEYS]
     if unknown:
         raise ValueError(f"the data loaders cannot provide batch item(s) {unknown}; a training batch holds "
-                         f"{', '.join(TRAIN_BATCH_KEYS)} (contrast_index only when needed)")
+                         f"{', '.join(TRAIN_BATCH_KEYS)} (contrast_index only when needed, view_id when the "
+                         "weak view is finite)")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     seed = int(cfg_get(cfg, "EXPERIMENT.SEED", 0) if seed is None else seed)
@@ -219,6 +228,9 @@ def build_loaders(cfg: Any, *, num_views: int = 1, needs: Sequence[str] = (), ra
     workers = data_option(cfg, "DATASET.NUM_WORKERS")
     contrastive = "contrast_index" in needs
     ds = build_datasets(cfg, num_views=num_views, contrastive=contrastive, rank=rank, seed=seed)
+    if "view_id" in needs and not ds.view_ids:
+        raise ValueError(f"weak-view ids were asked for, but the weak view of DATASET.TYPE {ds.kind!r} is not finite: "
+                         f"{finite_view_problem(ds.weak_transform)}")
     pin = data_option(cfg, "DATASET.PIN_MEMORY") and torch.device(device).type == "cuda"
 
     sampler = EpochSampler(len(ds.train), seed=seed, rank=rank, world_size=world_size)
@@ -238,7 +250,7 @@ def build_loaders(cfg: Any, *, num_views: int = 1, needs: Sequence[str] = (), ra
     val_sampler = ShardSampler(len(ds.val), rank, world_size) if world_size > 1 else None
     val = DataLoader(ds.val, batch_size=val_batch, shuffle=False, sampler=val_sampler, drop_last=False,
                      collate_fn=ds.val_collate, generator=torch.Generator().manual_seed(seed + 1), **common)
-    keys = TRAIN_BATCH_KEYS if contrastive else TRAIN_BATCH_KEYS[:3]
+    keys = TRAIN_BATCH_KEYS[:3] + (("contrast_index",) if contrastive else ()) + (("view_id",) if ds.view_ids else ())
     return Loaders(train=train, val=val, num_classes=ds.num_classes, train_sampler=sampler,
                    num_train=len(ds.train), num_val=len(ds.val), classes=ds.classes,
                    num_views=ds.num_views, batch_size=batch, datasets=ds, batch_keys=keys)

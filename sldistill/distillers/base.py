@@ -56,6 +56,8 @@ class Distiller(nn.Module):
     #: whether the teacher stays in eval mode while the distiller trains (the released OFD
     #: switches it to train mode; see that class)
     teacher_eval: bool = True
+    #: whether it reads the teacher's features (then a teacher-logit cache cannot stand in)
+    uses_teacher_features: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: Any) -> None:
         super().__init__()
@@ -66,6 +68,10 @@ class Distiller(nn.Module):
             for p in teacher.parameters():
                 p.requires_grad_(False)
             teacher.eval()
+        #: a teacher-logit cache (``DISTILLER.TEACHER_CACHE``) standing in for the teacher on
+        #: the weak view: any object with ``lookup(index, view_id) -> logits``; set by the engine
+        self.teacher_cache: Any = None
+        self._cache_keys: tuple[Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ modes
     def train(self, mode: bool = True) -> "Distiller":
@@ -95,6 +101,17 @@ class Distiller(nn.Module):
         released OFD) in eval mode, so this equals one forward per view, at the cost of one.
         ``features=False`` returns ``{}`` as every view's features."""
         assert self.teacher is not None, "this distiller has no teacher"
+        if self.teacher_cache is not None and self._cache_keys is not None and not features:
+            # the weak view's logits, computed once for every view of every image (exactly the
+            # teacher's, float32 rounding aside); the teacher runs on the other views only
+            index, view_id = self._cache_keys
+            weak = self.teacher_cache.lookup(index.cpu(), view_id.cpu(), dtype=self.teacher_cache.live_dtype)
+            weak = weak.to(views[0].device, non_blocking=True)
+            return [(weak, {}), *(self._teacher_run(views[1:], False) if len(views) > 1 else [])]
+        return self._teacher_run(views, features)
+
+    def _teacher_run(self, views: Sequence[Tensor], features: bool) -> list[tuple[Tensor, Any]]:
+        assert self.teacher is not None
         x = views[0] if len(views) == 1 else torch.cat(list(views), dim=0)
         logits, feats = self.teacher(x)
         feats = feats if features else {}
@@ -123,9 +140,14 @@ class Distiller(nn.Module):
         return self.student(image)[0]
 
     def forward(self, *args: Any, **kwargs: Any):  # noqa: D401 - dispatch
-        """``forward(views, target, epoch, ...)`` in training, ``forward(image)`` in eval."""
+        """``forward(views, target, epoch, ...)`` in training, ``forward(image)`` in eval. The
+        trainer passes ``cache_keys=(index, view_id)`` when a teacher cache is attached."""
         if self.training:
-            return self.forward_train(*args, **kwargs)
+            self._cache_keys = kwargs.pop("cache_keys", None)
+            try:
+                return self.forward_train(*args, **kwargs)
+            finally:
+                self._cache_keys = None
         return self.forward_test(*args, **kwargs)
 
 

@@ -52,6 +52,8 @@ class FeatureDistiller(Distiller):
     Returns ``{"loss_ce": CE_WEIGHT * CE, "loss_kd": FEAT_WEIGHT * feature_loss}``.
     """
 
+    uses_teacher_features = True
+
     section: str = ""
     num_views = 1
 

@@ -28,7 +28,7 @@ from sldistill.engine.distributed import (
     per_process_batch,
     resolve_device,
 )
-from sldistill.engine.metrics import MetricLogger, evaluate
+from sldistill.engine.metrics import MetricLogger, evaluate, wandb_options
 from sldistill.engine.rundir import RunFolderError, RunLock, clear_run, config_changes, flat_config, run_state
 from sldistill.engine.trainer import STOP, StopFlag, Trainer, TrainResult, amp_dtype
 
@@ -91,6 +91,26 @@ def build_distiller_for(cfg: Any, num_classes: int, num_train: int | None = None
     if num_train is not None and "num_data" in inspect.signature(cls.__init__).parameters:
         kwargs["num_data"] = int(num_train)
     return cls(student, teacher, cfg, **kwargs)
+
+
+def attach_teacher_cache(cfg: Any, distiller: Distiller, datasets: Any = None) -> Any:
+    """Open ``DISTILLER.TEACHER_CACHE`` (when set), check that its header matches this run and
+    let the distiller read the weak view's teacher logits from it. Every process maps the
+    same read-only file. Returns the cache, or ``None``."""
+    path = str(cfg.DISTILLER.TEACHER_CACHE)
+    if not path:
+        return None
+    if distiller.uses_teacher_features:
+        raise ValueError(f"DISTILLER.TEACHER_CACHE holds teacher logits only, and {cfg.DISTILLER.TYPE} reads the "
+                         "teacher's features: the cache does not apply to it; unset DISTILLER.TEACHER_CACHE")
+    if distiller.teacher is None:
+        raise ValueError(f"DISTILLER.TEACHER_CACHE is set but {cfg.DISTILLER.TYPE} uses no teacher; unset it")
+    from sldistill.teacher_cache import open_cache
+
+    cache = open_cache(path)
+    cache.check(cfg, datasets=datasets)
+    distiller.teacher_cache = cache
+    return cache
 
 
 def build_run_loaders(cfg: Any, **kwargs: Any) -> Any:
@@ -210,6 +230,7 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
     created = started = False
     try:
         per_proc = check_run_config(cfg, dist_info.device, dist_info.world_size)
+        wandb_opts = wandb_options(cfg, resumed=resume)  # a missing package stops every rank here
         plan: FolderPlan = _on_rank0(dist_info, lambda: plan_run_folder(cfg, run_dir, resume, overwrite,
                                                                         allow_config_change))
         if plan.finished_epoch is not None:
@@ -227,6 +248,7 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
         loaders = build_run_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size,
                                     device=dist_info.device, seed=seed)
         distiller = build_distiller_for(cfg, loaders.num_classes, loaders.num_train)
+        cache = attach_teacher_cache(cfg, distiller, loaders.datasets)
         if dist_info.rank:  # different augmentation streams per process, same initial weights
             seed_everything(seed + dist_info.rank)
         if dist_info.is_main:
@@ -234,7 +256,8 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
                 clear_run(run_dir)
             if not resume or plan.changes:
                 save_config(cfg, run_dir / "config.yaml")
-        logger = MetricLogger(run_dir, tensorboard=bool(cfg.LOG.TENSORBOARD), enabled=dist_info.is_main)
+        logger = MetricLogger(run_dir, tensorboard=bool(cfg.LOG.TENSORBOARD), enabled=dist_info.is_main,
+                              wandb=wandb_opts)
         notices = [lock.notice] if lock is not None and lock.notice else []
         for line in [*notices, *plan.notes, *config_summary(cfg)]:
             logger.info(line)
@@ -245,6 +268,9 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
         logger.info(f"run folder: {run_dir}")
         logger.info(f"data: {cfg.DATASET.TYPE} from {ds.source if ds is not None else '?'}: {loaders.num_train} "
                     f"training and {loaders.num_val} validation images, {loaders.num_classes} classes")
+        if cache is not None:
+            logger.info(f"teacher cache: {cfg.DISTILLER.TEACHER_CACHE} (the weak view's teacher logits are read "
+                        "from it)")
         logger.info(f"device {dist_info.device}; processes {dist_info.world_size}; global batch "
                     f"{cfg.SOLVER.BATCH_SIZE}; per-process batch {per_proc}")
         n_student = sum(p.numel() for p in distiller.student.parameters())
@@ -286,7 +312,7 @@ def evaluate_checkpoint(cfg: Any, model_name: str, ckpt: str | Path, *, strict: 
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     loaders = build_loaders(cfg, rank=0, world_size=1, device=device, seed=int(cfg.EXPERIMENT.SEED))
     model = models.create(model_name, num_classes=loaders.num_classes, dataset=str(cfg.DATASET.TYPE))
-    models.load_weights(model, str(ckpt), strict=strict)
+    models.load_weights(model, str(ckpt), strict=strict, trust=bool(cfg.DISTILLER.TRUST_CHECKPOINT))
     model.to(device).eval()
     channels_last = bool(cfg.SOLVER.CHANNELS_LAST)
     if channels_last:
