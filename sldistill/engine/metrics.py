@@ -214,7 +214,9 @@ class MetricLogger:
                 writer.writerow(r)
         tmp.replace(self.run_dir / "metrics.csv")
         with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+            # strict JSON: a non-finite number (a diverged test loss) is written as null
+            f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                for k, v in row.items()}, allow_nan=False) + "\n")
         if self._tb is not None:
             for k, v in row.items():
                 if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
