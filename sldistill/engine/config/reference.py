@@ -89,10 +89,10 @@ def render_markdown() -> str:
             section = top
             lines += ["", f"## {section}", "", *_HEADER]
         lines.append(_row(name, key))
-    method_sections = sorted({k.split(".")[0] for k in keys} - set(SECTION_ORDER))
     lines += ["", "## Method sections", "",
-              "Declared by the distillers; see [methods.md](methods.md): "
-              + ", ".join(f"`{s}`" for s in method_sections) + "."]
+              "Every other section (`KD`, `DKD`, `SLD`, `CRD`, ...) belongs to the methods that declare it; "
+              "each method's section of [methods.md](methods.md) lists its keys, and `sldistill methods --keys` "
+              "prints them (also for methods added by plugins)."]
     return "\n".join(lines) + "\n"
 
 
