@@ -56,7 +56,9 @@ def _train_worker(rank: int, port: int, overrides: list[str]) -> None:
     train(load_config(None, overrides))
 
 
-def test_ddp_logged_accuracy_is_what_the_checkpoint_gives(tmp_path):
+@pytest.mark.parametrize("optimizer", ["SGD", "DOT"])
+def test_ddp_logged_accuracy_is_what_the_checkpoint_gives(tmp_path, optimizer):
+    """Also with DOT, whose two backward passes run under no_sync (no DDP buffer broadcast)."""
     from sldistill.engine.config import load_config
     from sldistill.engine.run import evaluate_checkpoint
 
@@ -66,7 +68,7 @@ def test_ddp_logged_accuracy_is_what_the_checkpoint_gives(tmp_path):
                  "DISTILLER.TEACHER_CKPT", str(teacher), "DATASET.ROOT", str(data), "DATASET.NUM_WORKERS", "0",
                  "DATASET.TEST.BATCH_SIZE", "4", "SOLVER.BATCH_SIZE", "8", "SOLVER.EPOCHS", "2", "SOLVER.LR", "0.2",
                  "LOG.PREFIX", str(tmp_path / "out"), "LOG.TENSORBOARD", "false", "EXPERIMENT.DEVICE", "cpu",
-                 "EXPERIMENT.NAME", "run"]
+                 "EXPERIMENT.NAME", "run", "SOLVER.TYPE", optimizer]
     _spawn(_train_worker, overrides)
     run = tmp_path / "out" / "distill" / "run"
     summary = json.loads((run / "summary.json").read_text())
@@ -79,6 +81,28 @@ def test_ddp_logged_accuracy_is_what_the_checkpoint_gives(tmp_path):
         assert res["loss"] == pytest.approx(rows[epoch]["test_loss"], rel=1e-5), name
     ck = torch.load(run / "latest.pth", weights_only=True)
     assert ck["world_size"] == 2 and len(ck["rng"]) == 2
+
+
+def test_ddp_runs_read_one_teacher_cache(tmp_path):
+    """Every rank maps the same read-only cache; the run equals the 2-process run without it."""
+    from sldistill.engine.config import load_config
+    from sldistill.teacher_cache import build_cache
+
+    data = write_cifar100(tmp_path / "data", n_train=32, n_test=16)
+    teacher = write_published_teacher(tmp_path / "teachers", "resnet8")
+    common = ["DISTILLER.TYPE", "KD", "DISTILLER.TEACHER", "resnet8", "DISTILLER.STUDENT", "resnet8",
+              "DISTILLER.TEACHER_CKPT", str(teacher), "DATASET.ROOT", str(data), "DATASET.NUM_WORKERS", "0",
+              "DATASET.TEST.BATCH_SIZE", "4", "SOLVER.BATCH_SIZE", "8", "SOLVER.EPOCHS", "1",
+              "LOG.PREFIX", str(tmp_path / "out"), "LOG.TENSORBOARD", "false", "EXPERIMENT.DEVICE", "cpu",
+              "EXPERIMENT.DETERMINISTIC", "true"]
+    cache = build_cache(load_config(None, common), tmp_path / "t.tcache", progress=False)
+    _spawn(_train_worker, [*common, "EXPERIMENT.NAME", "live"])
+    _spawn(_train_worker, [*common, "EXPERIMENT.NAME", "cached", "DISTILLER.TEACHER_CACHE", str(cache)])
+    rows = {name: json.loads((tmp_path / "out" / "distill" / name / "metrics.jsonl").read_text().splitlines()[0])
+            for name in ("live", "cached")}
+    assert rows["cached"]["test_acc"] == rows["live"]["test_acc"]
+    assert rows["cached"]["train_loss_kd"] == pytest.approx(rows["live"]["train_loss_kd"], rel=1e-4)
+    assert "teacher cache:" in (tmp_path / "out" / "distill" / "cached" / "log.txt").read_text()
 
 
 # ------------------------------------------------------------------ CRD banks and the teacher

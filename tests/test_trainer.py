@@ -253,3 +253,14 @@ def test_epoch_evaluation_uses_eval_mode_and_matches_the_saved_weights(tmp_path)
     # evaluating did not move the running statistics: they are those saved after training
     assert torch.equal(trainer.distiller.student.bn.running_mean, ck["model"]["bn.running_mean"])
     assert trainer.distiller.training  # back in train mode after the evaluation
+
+
+def test_an_out_of_range_label_is_refused_on_the_host_before_the_device(tmp_path):
+    """On CUDA a bad label would be a device-side assert; the trainer checks the CPU batch first."""
+    cfg = make_cfg(tmp_path, EPOCHS=1)
+    distiller, _, val = make_parts(cfg)
+    ds = RandomImages(8)
+    bad = [{"views": [ds.x], "target": torch.tensor([0, 1, 2, 3, 4, 0, 1, 7]), "index": torch.arange(8)}]
+    trainer = Trainer(cfg, distiller, bad, val, tmp_path / "bad", DistInfo(), num_classes=NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"outside \[0, 5\) \(got 0\.\.7\)"):
+        trainer.fit()
