@@ -16,7 +16,7 @@ from sldistill.engine.checkpoint import load_checkpoint
 from sldistill.engine.config import get_defaults
 from sldistill.engine.distributed import DistInfo
 from sldistill.engine.metrics import MetricLogger, topk_correct
-from sldistill.engine.trainer import NonFiniteLossError, StopFlag, Trainer, amp_dtype
+from sldistill.engine.trainer import NonFiniteLossError, Trainer, amp_dtype
 
 NUM_CLASSES = 5
 
