@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import interleaved_rounds, median_ratio  # noqa: E402
+from benchmarks.common import SilentLogger, interleaved_rounds, median_ratio  # noqa: E402
 from sldistill import models  # noqa: E402
 from sldistill import teacher_cache as tc  # noqa: E402
 from sldistill.data import build_datasets, normalize_batch  # noqa: E402
@@ -54,16 +54,6 @@ from sldistill.engine.trainer import Trainer  # noqa: E402
 EPOCH = 151  # past SLD's default gamma (150): every SLD term is computed
 
 
-class _Silent:
-    """A logger that drops everything (the benchmark writes no run folder)."""
-
-    _tb = None
-
-    def info(self, msg: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _write_cifar(root: Path, n: int, seed: int = 0) -> None:
@@ -92,7 +82,7 @@ def _trainer(cfg: Any, student0: torch.nn.Module, teacher0: torch.nn.Module, cac
         raise SystemExit("this sldistill's Distiller has no teacher_cache attribute: the trainer wiring is missing")
     dist.teacher_cache = cache
     trainer = Trainer(cfg, dist, [None], [], Path("/tmp/sldistill-bench-unused"), DistInfo(),
-                      logger=_Silent())  # type: ignore[arg-type]
+                      logger=SilentLogger())  # type: ignore[arg-type]
     trainer.model.train()
     return trainer
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import interleaved_rounds, median_ratio  # noqa: E402
+from benchmarks.common import SilentLogger, interleaved_rounds, median_ratio  # noqa: E402
 from sldistill import models  # noqa: E402
 from sldistill.distillers import build_distiller  # noqa: E402
 from sldistill.engine.config import load_config  # noqa: E402
@@ -89,16 +89,6 @@ class PlainSLDStep:
         self.opt.step()
 
 
-class _Silent:
-    """A logger that drops everything (the benchmark writes no run folder)."""
-
-    _tb = None
-
-    def info(self, msg: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _config(amp: str):
@@ -130,7 +120,7 @@ def _build_steps(student0: torch.nn.Module, teacher0: torch.nn.Module, weak: tor
     plain = PlainSLDStep(copy.deepcopy(student0).train(), copy.deepcopy(teacher0).eval(), cfg, amp)
     dist = build_distiller(cfg, copy.deepcopy(student0), copy.deepcopy(teacher0))
     trainer = Trainer(cfg, dist, [None], [], Path("/tmp/sldistill-bench-unused"), DistInfo(),
-                      logger=_Silent())  # type: ignore[arg-type]
+                      logger=SilentLogger())  # type: ignore[arg-type]
     trainer.model.train()
     if amp is None:
         rel = _check_same_loss(plain, trainer, weak, strong, target)
