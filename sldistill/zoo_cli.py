@@ -111,7 +111,7 @@ def cmd_teachers_list(args: argparse.Namespace) -> int:
 
 def cmd_teachers_download(args: argparse.Namespace) -> int:
     """Run ``sldistill teachers download``."""
-    from sldistill.models.teachers import TEACHER_ARCHIVE_URL, download_teachers
+    from sldistill.models.teachers import DOWNLOAD_RECORD, TEACHER_ARCHIVE_URL, download_teachers, read_download_record
 
     root = _root(args, _config(args))
     url = args.url or TEACHER_ARCHIVE_URL
@@ -121,7 +121,9 @@ def cmd_teachers_download(args: argparse.Namespace) -> int:
                               keep_archive=args.keep_archive)
     for f in files:
         print(f)
-    print(f"{len(files)} files unpacked under {root}", file=sys.stderr)
+    record = read_download_record(root) or {}
+    print(f"{len(files)} files unpacked under {root}; archive SHA-256 {record.get('archive_sha256')} "
+          f"(pass it as --sha256 to pin this archive; hashes recorded in {root / DOWNLOAD_RECORD})", file=sys.stderr)
     return 0
 
 
@@ -129,11 +131,14 @@ def cmd_teachers_verify(args: argparse.Namespace) -> int:
     """Run ``sldistill teachers verify``."""
     from sldistill import models
     from sldistill.engine.run import evaluate_checkpoint
-    from sldistill.models.teachers import CIFAR_TEACHERS
+    from sldistill.models.teachers import CIFAR_TEACHERS, file_sha256, read_download_record, recorded_sha256
 
     cfg = _config(args, ["DATASET.TYPE", "cifar100", "DATASET.DOWNLOAD", "False"])
     root = _root(args, cfg)
-    print(f"teacher root: {root}")
+    record = read_download_record(root)
+    print(f"teacher root: {root}" + ("" if record is None else
+                                     f" (downloaded from {record.get('url')}, archive SHA-256 "
+                                     f"{record.get('archive_sha256')})"))
     ok, present, data_missing = True, 0, ""
     for t in CIFAR_TEACHERS.values():
         path = _present(t.name, root)
@@ -141,6 +146,12 @@ def cmd_teachers_verify(args: argparse.Namespace) -> int:
             print(f"{t.name:12s} not present")
             continue
         present += 1
+        expected = t.sha256 or recorded_sha256(path, root, record)
+        if expected is not None and file_sha256(path) != expected:
+            print(f"{t.name:12s} CHANGED: its SHA-256 differs from the {'published' if t.sha256 else 'downloaded'} "
+                  f"file's {expected}; download it again")
+            ok = False
+            continue
         try:
             models.load_weights(models.create(t.name, num_classes=100, dataset="cifar100"), str(path), strict=True)
         except Exception as exc:  # unreadable file, wrong architecture, ...

@@ -111,14 +111,20 @@ def test_download_unpacks_and_checks_size_and_hash(tmp_path: Path, server: str, 
     assert _all_files(root) == []  # a wrong hash leaves nothing behind
     assert _run(["teachers", "download", "--url", f"{server}/cifar_teachers.tar", "--root", str(root), "--sha256",
                  good.upper(), "--no-progress"]) == 0
-    assert _all_files(root) == [f"cifar_teachers/{n}_vanilla/ckpt_epoch_240.pth" for n in NAMES]
+    unpacked = [f"cifar_teachers/{n}_vanilla/ckpt_epoch_240.pth" for n in NAMES]
+    assert _all_files(root) == [teachers.DOWNLOAD_RECORD, *unpacked]
     assert teachers.teacher_checkpoint_path("resnet56", root).is_file()
+    # the record: what was fetched, the archive's size and hash, each file's hash
+    record = json.loads((root / teachers.DOWNLOAD_RECORD).read_text())
+    assert record["url"] == f"{server}/cifar_teachers.tar"
+    assert (record["archive_bytes"], record["archive_sha256"]) == (len(archive), good)
+    assert record["files"] == {rel: hashlib.sha256((root / rel).read_bytes()).hexdigest() for rel in unpacked}
     # without --sha256 (the size is still checked), keeping the archive
     root2 = tmp_path / "t2"
     assert _run(["teachers", "download", "--url", f"{server}/cifar_teachers.tar", "--root", str(root2),
                  "--keep-archive", "--no-progress"]) == 0
     assert (root2 / "cifar_teachers.tar").read_bytes() == archive
-    assert len(_all_files(root2)) == 3
+    assert len(_all_files(root2)) == 4  # two teachers, the archive, the record
 
 
 def test_truncated_download_is_an_error_and_leaves_nothing(tmp_path: Path, server: str) -> None:
@@ -197,3 +203,25 @@ def test_verify_loads_files_and_compares_top1(tmp_path: Path, capsys: pytest.Cap
     bad.write_bytes(b"not a checkpoint")
     assert _run(verify) == 1
     assert "wrn_40_2     FAILS to load" in capsys.readouterr().out
+
+
+def test_verify_finds_a_file_changed_since_download(tmp_path: Path, server: str, archive: bytes,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "teachers"
+    assert _run(["teachers", "download", "--url", f"{server}/cifar_teachers.tar", "--root", str(root),
+                 "--no-progress"]) == 0
+    assert f"archive SHA-256 {hashlib.sha256(archive).hexdigest()}" in capsys.readouterr().err
+    verify = ["teachers", "verify", "--root", str(root), "DATASET.ROOT", str(tmp_path / "none")]
+    assert _run(verify) == 0
+    out = capsys.readouterr().out
+    assert "resnet56     loads" in out and "wrn_40_2     loads" in out and hashlib.sha256(archive).hexdigest() in out
+    path = teachers.teacher_checkpoint_path("wrn_40_2", root)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # one bit flipped: the file may still load, its hash differs
+    path.write_bytes(bytes(data))
+    assert _run(verify) == 1
+    out = capsys.readouterr().out
+    assert "wrn_40_2     CHANGED" in out and "resnet56     loads" in out
+    (root / teachers.DOWNLOAD_RECORD).write_text("{not json")
+    with pytest.raises(ValueError, match="not a download record"):
+        _run(verify)

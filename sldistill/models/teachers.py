@@ -11,16 +11,21 @@ into a temporary file renamed only when complete, its size checked against the s
 ``Content-Length`` and its SHA-256 against a given hash, every member checked to stay inside
 the target before anything is unpacked. The published archive's SHA-256 is not recorded here
 (:data:`TEACHER_ARCHIVE_SHA256` is ``None``): without ``sha256=`` only the size is checked.
+Each download writes :data:`DOWNLOAD_RECORD` under the root (the URL, the archive's size and
+SHA-256, and each unpacked file's SHA-256), so the archive can be pinned later and
+``sldistill teachers verify`` can tell a file changed since it was unpacked.
 
 This module reads the config object it is handed; it does not import ``sldistill.engine``.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -47,6 +52,10 @@ __all__ = [
     "check_members",
     "extract_archive",
     "download_teachers",
+    "DOWNLOAD_RECORD",
+    "read_download_record",
+    "recorded_sha256",
+    "file_sha256",
     "teacher_root",
     "teacher_checkpoint_path",
     "build_teacher",
@@ -59,6 +68,8 @@ TEACHER_ARCHIVE_URL = "https://github.com/megvii-research/mdistiller/releases/do
 #: SHA-256 of the published archive: not known to this package (pass ``sha256=`` to pin one)
 TEACHER_ARCHIVE_SHA256: str | None = None
 DEFAULT_TEACHER_ROOT = "./download_ckpts"
+#: written under the teacher root by :func:`download_teachers`: what was fetched, with hashes
+DOWNLOAD_RECORD = "cifar_teachers.download.json"
 ENV_TEACHER_ROOT = "SLDISTILL_TEACHER_ROOT"
 
 
@@ -135,7 +146,8 @@ def teacher_checkpoint_path(name: str, root: str | os.PathLike | None = None) ->
     )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of the file at ``path`` (hex)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -272,16 +284,51 @@ def download_teachers(root: str | os.PathLike | None = None, *, url: str = TEACH
                       keep_archive: bool = False) -> list[Path]:
     """Fetch ``cifar_teachers.tar`` (:func:`fetch`) and unpack it under ``root`` (default
     :func:`teacher_root`) with :func:`extract_archive`; return the files written. The archive is
-    kept as ``root/cifar_teachers.tar`` with ``keep_archive``, else removed."""
+    kept as ``root/cifar_teachers.tar`` with ``keep_archive``, else removed. ``root/``
+    :data:`DOWNLOAD_RECORD` records the URL, the archive's size and SHA-256 and every unpacked
+    file's SHA-256 (path relative to ``root``)."""
     base = Path(root) if root is not None else teacher_root()
     tmp = fetch(url, base, sha256=sha256, progress=progress)
     try:
+        record = {"url": url, "archive_bytes": tmp.stat().st_size, "archive_sha256": file_sha256(tmp),
+                  "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         files = extract_archive(tmp, base)
+        record["files"] = {f.relative_to(base).as_posix(): file_sha256(f) for f in files if f.is_file()}
         if keep_archive:
             os.replace(tmp, base / (os.path.basename(urlparse(url).path) or "cifar_teachers.tar"))
     finally:
         tmp.unlink(missing_ok=True)
+    staged = base / (DOWNLOAD_RECORD + ".tmp")
+    staged.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    os.replace(staged, base / DOWNLOAD_RECORD)
     return files
+
+
+def read_download_record(root: str | os.PathLike) -> dict[str, Any] | None:
+    """The :data:`DOWNLOAD_RECORD` under ``root`` (see :func:`download_teachers`), or ``None``
+    when there is none (the files were unpacked by hand). An unreadable record is an error."""
+    path = Path(root) / DOWNLOAD_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record.get("files"), dict):
+            raise ValueError("no 'files' table")
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a download record ({exc}); remove it or download again") from exc
+    return record
+
+
+def recorded_sha256(path: Path, root: Path, record: dict[str, Any] | None) -> str | None:
+    """The SHA-256 that ``record`` holds for ``path`` (a file below ``root``), else ``None``."""
+    if record is None:
+        return None
+    try:
+        rel = path.resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return None
+    value = record["files"].get(rel)
+    return str(value) if value else None
 
 
 def _torchvision_pretrained(model: nn.Module, weights_name: str, download: bool, what: str) -> None:
@@ -348,7 +395,7 @@ def build_teacher(cfg: Any, num_classes: int, *, download: bool | None = None) -
             )
         path = teacher_checkpoint_path(name, teacher_root(cfg))
         expected = CIFAR_TEACHERS[name].sha256
-        if expected is not None and _sha256(path) != expected:
+        if expected is not None and file_sha256(path) != expected:
             raise ValueError(
                 f"{path}: SHA-256 differs from the published {expected}; re-download it from {TEACHER_RELEASE_URL}"
             )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sldistill._cfg import cfg_get
+from sldistill.models.teachers import file_sha256
 
 from .fileformat import FORMAT_VERSION
 
@@ -44,15 +45,6 @@ DEPENDS_FIELDS: dict[str, str] = {
 
 class NotCacheableError(ValueError):
     """The run's weak view has no finite set of views (the message names the transform)."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def teacher_weights(cfg: Any) -> tuple[str, str]:
