@@ -39,6 +39,20 @@ def test_rendered_pages_list_each_key_with_its_default():
     assert "| `SOLVER.LR` | float | `0.05` | >= 0 |" in render_markdown()
 
 
+def test_dataset_type_names_every_built_in_dataset():
+    import subprocess
+    import sys
+
+    # in a fresh interpreter, importing only the schema: the help must not depend on import order
+    code = "from sldistill.engine.config import schema; print(schema()['DATASET.TYPE'].help)"
+    text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    from sldistill.data import available_datasets
+
+    assert available_datasets(), "no dataset registered"
+    for name in available_datasets():
+        assert f"`{name}`" in text, (name, text)
+
+
 def test_docs_configs_md_is_up_to_date():
     assert DOC.read_text() == render_markdown(), (
         "docs/configs.md is stale: run `python -m sldistill.engine.config.reference --write`")

@@ -13,7 +13,6 @@ from typing import Any
 from .cifar import ensure_cifar100, read_cifar100
 from .fashion_mnist import FASHION_MNIST_SYSTEM_DIR, ensure_fashion_mnist, read_fashion_mnist
 from .folders import read_folder, read_imagenet, read_tiny_imagenet
-from .keys import data_option
 from .registry import DatasetSpec, register_dataset
 from .transforms import RandomCropFlip, RandomResizedCropFlip, RandomRotateFlip, ResizeCenterCrop, ToArray
 
@@ -67,6 +66,8 @@ def _read_tiny_imagenet(cfg: Any, root: Path, download: bool, rank: int) -> tupl
     "DATASET.DOWNLOAD: true on a machine with internet, or copy the four IDX files from "
     "https://github.com/zalandoresearch/fashion-mnist into ROOT"), transforms=_cifar_views)
 def _read_fashion_mnist(cfg: Any, root: Path, download: bool, rank: int) -> tuple:
+    from .keys import data_option  # not at the top: keys imports this module to name the datasets
+
     explicit = bool(str(data_option(cfg, "DATASET.ROOT")).strip())
     folder = ensure_fashion_mnist(root, download, rank, system=not explicit)
     xtr, ytr, classes = read_fashion_mnist(folder, train=True)
