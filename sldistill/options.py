@@ -51,8 +51,12 @@ class Key:
         default: the value when neither the file nor the command line sets it (the released
             value for published keys).
         help: one sentence for ``docs/configs.md`` and ``--help`` output.
-        kind: one of :data:`KINDS`; derived from ``default`` when omitted (give ``"float"`` for
-            a float key whose default is written as an int).
+        kind: one of :data:`KINDS`. When omitted it is inferred from the literal of
+            ``default``: ``True`` -> ``bool``, ``4`` -> ``int`` (so ``2.5`` is then refused),
+            ``4.0`` -> ``float`` (an int is accepted), ``"x"`` -> ``str``, a list of strings ->
+            ``list_str``, a list holding a float -> ``list_float``, any other list (also ``[]``)
+            -> ``list_int``. Give it when the literal says something else: ``Key(4, ...,
+            kind="float")``, ``Key([], ..., kind="list_str")``.
         choices: the valid values, or ``None``.
         ge, gt, le: numeric bounds (for lists: every element).
         check: an extra ``value -> problem or None`` test (the problem names what is valid).
@@ -60,6 +64,9 @@ class Key:
         nonempty: lists only: at least one element.
         compat: accepted for compatibility with published files but not acted on (the
             trainer lists such keys once at start).
+
+    The default must pass the key's own kind and constraints (:meth:`default_problem`;
+    ``register`` refuses a distiller whose default does not).
     """
 
     default: Any
@@ -158,6 +165,13 @@ class Key:
                 out.append(float(item))
         return out
 
+    def default_problem(self) -> str | None:
+        """Why the default breaks this key's own kind or constraints, or ``None``."""
+        try:
+            return self.problem(self.coerce(self.default))
+        except TypeError as exc:
+            return str(exc)
+
     def problem(self, value: Any) -> str | None:
         """Why an already coerced ``value`` is not valid, or ``None``."""
         if self.choices is not None:
@@ -193,7 +207,8 @@ def merge_keys(*groups: tuple[str, Keys]) -> dict[str, Key]:
     """Union of several ``(owner, keys)`` declarations.
 
     A key declared by two owners must be declared identically (same default and kind); two
-    different declarations raise ``ValueError`` naming both owners.
+    different declarations raise ``ValueError`` naming both owners. A key cannot also be a
+    section (``KD.T`` and ``KD.T.X``): that raises ``ValueError`` naming both keys.
     """
     out: dict[str, Key] = {}
     owner_of: dict[str, str] = {}
@@ -205,4 +220,12 @@ def merge_keys(*groups: tuple[str, Keys]) -> dict[str, Key]:
                                  f"({key.default!r}, {key.kind})")
             out.setdefault(name, key)
             owner_of.setdefault(name, owner)
+    for name in out:
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            above = ".".join(parts[:i])
+            if above in out:
+                raise ValueError(f"config key {above} (declared by {owner_of[above]}) is a value, so {name} "
+                                 f"(declared by {owner_of[name]}) cannot be a key in a section below it; "
+                                 "rename one of them")
     return out

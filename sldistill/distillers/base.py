@@ -11,6 +11,12 @@ its code, everything the rest of the toolkit needs to know about it (class attri
   (``"index"``; ``"contrast_index"`` turns on CRD sampling in the loaders);
 * ``aliases``: other names it is known by in published files (``KD_ours`` for MLKD).
 
+:meth:`Distiller.forward_train` returns ``(logits, terms)``: the student's logits ``[batch,
+num_classes]`` on the first view and ``{"loss_<name>": scalar tensor}``, at least one term,
+every name starting with ``loss_`` (``loss_ce`` for the cross-entropy on the labels, which
+``SOLVER.TYPE: DOT`` steps apart from the other terms). :meth:`Distiller.forward` checks this
+(shapes and types only, nothing that waits for an accelerator).
+
 Register with ``@register("NAME")``; user code does the same through
 ``from sldistill.distillers import Distiller, register``.
 """
@@ -58,6 +64,9 @@ class Distiller(nn.Module):
     teacher_eval: bool = True
     #: whether it reads the teacher's features (then a teacher-logit cache cannot stand in)
     uses_teacher_features: ClassVar[bool] = False
+    #: the number of classes, for the check of forward_train's logits; taken from the
+    #: teacher's logits the first time it runs, unless set before
+    num_classes: int | None = None
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: Any) -> None:
         super().__init__()
@@ -107,13 +116,15 @@ class Distiller(nn.Module):
             index, view_id = self._cache_keys
             weak = self.teacher_cache.lookup(index.cpu(), view_id.cpu(), dtype=self.teacher_cache.live_dtype)
             weak = weak.to(views[0].device, non_blocking=True)
+            self._seen_classes(weak)
             return [(weak, {}), *(self._teacher_run(views[1:], False) if len(views) > 1 else [])]
         return self._teacher_run(views, features)
 
     def _teacher_run(self, views: Sequence[Tensor], features: bool) -> list[tuple[Tensor, Any]]:
         assert self.teacher is not None
         x = views[0] if len(views) == 1 else torch.cat(list(views), dim=0)
-        logits, feats = self.teacher(x)
+        logits, feats = model_output(self.teacher, "teacher", x)
+        self._seen_classes(logits)
         feats = feats if features else {}
         if len(views) == 1:
             return [(logits, feats)]
@@ -125,19 +136,23 @@ class Distiller(nn.Module):
         per view, as released); ``fuse=True`` does one forward over the concatenation."""
         if fuse and len(views) > 1:
             sizes = [v.shape[0] for v in views]
-            logits, feats = self.student(torch.cat(list(views), dim=0))
+            logits, feats = model_output(self.student, "student", torch.cat(list(views), dim=0))
             return [(lg, split_features(feats, sizes, i)) for i, lg in enumerate(logits.split(sizes, 0))]
-        return [self.student(v) for v in views]
+        return [model_output(self.student, "student", v) for v in views]
+
+    def _seen_classes(self, teacher_logits: Tensor) -> None:
+        if self.num_classes is None and teacher_logits.dim() == 2:
+            self.num_classes = int(teacher_logits.shape[1])
 
     # ------------------------------------------------------------- API
     def forward_train(self, views: Sequence[Tensor], target: Tensor, epoch: int,
                       **extras: Any) -> tuple[Tensor, LossTerms]:
-        """Return the student's logits (first view) and ``{term name: weighted loss}``."""
+        """Return the student's logits (first view) and ``{"loss_<name>": weighted loss}``."""
         raise NotImplementedError
 
     def forward_test(self, image: Tensor) -> Tensor:
         """Student logits for evaluation."""
-        return self.student(image)[0]
+        return model_output(self.student, "student", image)[0]
 
     def forward(self, *args: Any, **kwargs: Any):  # noqa: D401 - dispatch
         """``forward(views, target, epoch, ...)`` in training, ``forward(image)`` in eval. The
@@ -145,10 +160,66 @@ class Distiller(nn.Module):
         if self.training:
             self._cache_keys = kwargs.pop("cache_keys", None)
             try:
-                return self.forward_train(*args, **kwargs)
+                out = self.forward_train(*args, **kwargs)
             finally:
                 self._cache_keys = None
+            target = args[1] if len(args) > 1 else kwargs.get("target")
+            check_train_output(self, out, target)
+            return out
         return self.forward_test(*args, **kwargs)
+
+
+def model_output(model: nn.Module, role: str, x: Tensor) -> tuple[Tensor, Any]:
+    """``model(x)``, checked to be the model contract's ``(logits, features)`` pair."""
+    out = model(x)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], Tensor)):
+        raise TypeError(f"the {role} ({type(model).__name__}) returned {_describe(out)}; a model's forward(x) "
+                        "must return (logits, features) (see docs/architecture.md, Models)")
+    return out[0], out[1]
+
+
+def check_train_output(distiller: Distiller, out: Any, target: Any) -> None:
+    """Raise ``TypeError`` / ``ValueError`` unless ``out`` is ``(logits, {"loss_<name>": scalar
+    tensor})`` with at least one term and logits ``[batch, num_classes]``. Shapes and types only:
+    nothing here waits for an accelerator."""
+    where = f"{type(distiller).__name__}.forward_train"
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(f"{where} returned {_describe(out)}; expected a pair (logits, {{'loss_<name>': scalar "
+                        "tensor, ...}})")
+    logits, terms = out
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"{where} returned {_describe(logits)} as its logits; expected the student's logits, a "
+                        "tensor [batch, num_classes]")
+    batch = target.shape[0] if isinstance(target, Tensor) and target.dim() > 0 else None
+    classes = distiller.num_classes
+    if logits.dim() != 2 or (batch is not None and logits.shape[0] != batch) or \
+            (classes is not None and logits.shape[1] != classes):
+        raise ValueError(f"{where} returned logits of shape {list(logits.shape)}; expected the student's logits "
+                         f"on the first view, [batch, num_classes] = [{batch or 'batch'}, {classes or 'num_classes'}]")
+    if not isinstance(terms, dict):
+        raise TypeError(f"{where} returned {_describe(terms)} as its loss terms; expected a dict "
+                        "{'loss_<name>': scalar tensor, ...}")
+    if not terms:
+        raise ValueError(f"{where} returned no loss terms; expected at least one, e.g. {{'loss_ce': ...}}")
+    for name, term in terms.items():
+        if not (isinstance(name, str) and name.startswith("loss_") and len(name) > 5):
+            raise ValueError(f"{where} returned a loss term named {name!r}; term names start with 'loss_' "
+                             "(e.g. 'loss_ce', 'loss_kd'), which is how the trainer logs them")
+        if not (isinstance(term, Tensor) and term.is_floating_point()):
+            raise TypeError(f"{where} returned {_describe(term)} as term {name!r}; expected a floating-point "
+                            "scalar tensor (shape [])")
+        if term.dim() != 0:
+            raise ValueError(f"{where} returned term {name!r} of shape {list(term.shape)}; expected a scalar "
+                             "tensor (shape []): reduce it, e.g. with .mean() or .sum()")
+
+
+def _describe(value: Any) -> str:
+    """A value's type (and shape or length) for error messages."""
+    if isinstance(value, Tensor):
+        return f"a {str(value.dtype).replace('torch.', '')} tensor of shape {list(value.shape)}"
+    if isinstance(value, (tuple, list, dict)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return f"{type(value).__name__} {value!r}"[:80]
 
 
 def split_features(feats: Any, sizes: list[int], index: int) -> Any:
@@ -191,8 +262,10 @@ def register(*names: str) -> Callable[[type[Distiller]], type[Distiller]]:
     names and the class's ``aliases`` are accepted for it too.
 
     Raises:
-        ValueError: a name is already registered, or a config key the class declares is
-            declared differently by an already registered distiller.
+        ValueError: a name is already registered; a key's default breaks its own declaration
+            (``Key(0.0, ..., gt=0)``); a key is also a section (``KD.T`` and ``KD.T.X``); or
+            a config key the class declares is declared differently by an already registered
+            distiller.
     """
     if not names:
         raise ValueError("register() needs at least one DISTILLER.TYPE name")
@@ -212,6 +285,11 @@ def register(*names: str) -> Callable[[type[Distiller]], type[Distiller]]:
         if unknown:
             raise ValueError(f"{cls.__qualname__}.needs names unknown batch items {sorted(unknown)}; "
                              f"valid: {', '.join(BATCH_EXTRAS)}")
+        for key_name, key in cls.config.items():
+            problem = key.default_problem()
+            if problem:
+                raise ValueError(f"{cls.__qualname__}.config[{key_name!r}]: the default {key.default!r} does not "
+                                 f"pass the key's own declaration: {problem}")
         merge_keys(*((n, c.config) for n, c in _owners()), (names[0], cls.config))  # conflicts raise
         for name in all_names:
             _REGISTRY[name] = cls

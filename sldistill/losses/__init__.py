@@ -6,6 +6,9 @@ Feature losses (:mod:`sldistill.losses.feature`): the parameter-free ``at``, ``n
 ``vid_nll``, ``hcl``, ``crd_nce``), and ``adaptive_pool``, the deterministic resizing they use.
 Every loss computes in at least float32, also under autocast
 (:func:`sldistill.losses.precision.float32_loss`; decorate a new loss with it).
+
+This package re-exports the names in the ``__all__`` of ``logit.py`` and ``feature.py``: a new
+loss there is ``losses.<name>`` once its name is added to that module's ``__all__``.
 """
 from sldistill.losses.feature import *  # noqa: F401,F403
 from sldistill.losses.feature import __all__ as _feature_all
