@@ -14,11 +14,18 @@ Each subcommand is one ``add_<name>_parser(subparsers)`` function that registers
 arguments and sets ``func`` to a ``cmd_<name>(args) -> int`` handler; :data:`SUBCOMMANDS`
 lists the adders, so a new subcommand is one more pair of functions and one entry there.
 
+Every subcommand that takes ``KEY VALUE`` overrides accepts them before, between and after its
+options (``sldistill train --cfg X.yaml DATASET.ROOT d --resume SOLVER.EPOCHS 10``).
+``docs/cli.md`` lists every subcommand's options; it is generated from these parsers by
+:mod:`sldistill.cli_docs` (``python -m sldistill.engine.config.reference --write`` rewrites it
+with the other generated pages).
+
 Set ``SLDISTILL_DEBUG=1`` to get tracebacks instead of one-line errors.
 
 Exit codes: 0 success; 2 bad configuration or arguments (message on stderr, no traceback);
 3 a non-finite loss stopped training; 130 / 143 stopped by SIGINT / SIGTERM after saving
-a checkpoint.
+a checkpoint; 141 the reader of stdout went away (``sldistill methods | head -3``: the
+output stops quietly, as for a program ended by SIGPIPE).
 """
 from __future__ import annotations
 
@@ -31,7 +38,51 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "cmd_train", "cmd_eval", "cmd_configs", "cmd_methods",
-           "cmd_sweep", "cmd_bench"]
+           "cmd_sweep", "cmd_bench", "SubcommandParser", "EXIT_BROKEN_PIPE"]
+
+#: exit status when stdout is closed by its reader (128 + SIGPIPE, what a shell reports for such a program)
+EXIT_BROKEN_PIPE = 141
+
+
+class SubcommandParser(argparse.ArgumentParser):
+    """The parser of each subcommand: positionals (``KEY VALUE`` overrides) may come before,
+    between and after options (argparse's intermixed parsing), and an argument it does not know
+    is an error printed with this subcommand's usage (not the top-level one)."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner:  # the two passes of parse_known_intermixed_args
+            return super().parse_known_args(args, namespace)
+        intermixed = not any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._get_positional_actions())
+        self._inner = True
+        try:
+            if intermixed:
+                namespace, extras = self.parse_known_intermixed_args(args, namespace)
+            else:  # a parser of sub-subcommands (teachers, teacher-cache): those parse intermixed
+                namespace, extras = super().parse_known_args(args, namespace)
+        finally:
+            self._inner = False
+        if extras:  # name the unknown options alone when there are some (not the overrides that follow them)
+            self.error("unrecognized arguments: " + " ".join([e for e in extras if e.startswith("--")] or extras))
+        return namespace, []
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (valid: 1, 2, 3, ...), got {value}")
+    return value
+
+
+def _warn(args: argparse.Namespace, message: str) -> None:
+    """One warning line on stderr (rank 0 only under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"sldistill {args.command}: warning: {message}", file=sys.stderr)
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -56,15 +107,33 @@ def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
                         "registers can be used; also the config key EXPERIMENT.PLUGINS")
 
 
-def _load_cfg(args: argparse.Namespace):
-    from sldistill.engine.config import load_config
+def load_cli_plugins(plugins: Sequence[str], opts: Sequence[str]) -> None:
+    """Import the ``--plugin`` modules, then those an ``EXPERIMENT.PLUGINS`` override names, before
+    the config is read, so that an import error names where the module name came from (the option,
+    the command line; the file's own ``EXPERIMENT.PLUGINS`` are blamed on the file by load_config)."""
+    from sldistill.engine.config import load_plugins
+    from sldistill.engine.config.load import _plugins_named
 
+    load_plugins(list(plugins), "--plugin")
+    load_plugins(_plugins_named({}, list(opts)), "<command line>")
+
+
+def _cfg_opts(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """The config file and the overrides of ``args`` (the file may be the first positional)."""
     opts = list(args.opts or [])
     if getattr(args, "trust_checkpoint", False):
         opts += ["DISTILLER.TRUST_CHECKPOINT", "true"]
     cfg_file = args.cfg
     if cfg_file is None and opts and _looks_like_config(opts[0]):
         cfg_file = opts.pop(0)  # `sldistill train cifar100/sld/resnet32x4_resnet8x4`
+    return cfg_file, opts
+
+
+def _load_cfg(args: argparse.Namespace):
+    from sldistill.engine.config import load_config
+
+    cfg_file, opts = _cfg_opts(args)
+    load_cli_plugins(args.plugin or [], opts)
     return load_config(cfg_file, opts, base=args.base, plugins=list(args.plugin or []))
 
 
@@ -93,27 +162,62 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--logit-stand", action="store_true",
                    help="logit standardization as the logit-standardization release's flag (z-score logits, "
                         "KD temperature --base-temp, KD weight --kd-weight)")
-    p.add_argument("--base-temp", type=float, default=2.0, help="with --logit-stand: KD temperature (default 2)")
-    p.add_argument("--kd-weight", type=float, default=9.0, help="with --logit-stand: KD weight (default 9)")
-    p.add_argument("--log-interval", type=int, default=20, metavar="N",
-                   help="iterations between progress updates / non-finite checks (default 20)")
+    p.add_argument("--base-temp", type=float, default=None, metavar="T",
+                   help="with --logit-stand: KD temperature (default 2)")
+    p.add_argument("--kd-weight", type=float, default=None, metavar="W",
+                   help="with --logit-stand: KD weight (default 9)")
+    p.add_argument("--log-interval", type=_positive_int, default=20, metavar="N",
+                   help="iterations between progress updates / non-finite checks, >= 1 (default 20)")
     p.set_defaults(func=cmd_train)
     return p
+
+
+#: DISTILLER.TYPE -> the keys --logit-stand overwrites, with the option whose value it writes
+#: (DKD.ALPHA and DKD.BETA are multiplied by --kd-weight, so an explicit value of those is used)
+_LOGIT_STAND_SETS = {"KD": {"KD.TEMPERATURE": "--base-temp", "KD.LOSS.KD_WEIGHT": "--kd-weight"},
+                     "DKD": {"DKD.T": "--base-temp"},
+                     "MLKD": {"KD.TEMPERATURE": "--base-temp", "KD.LOSS.KD_WEIGHT": "--kd-weight"}}
+
+
+def _logit_stand(args: argparse.Namespace, cfg):
+    """``--logit-stand``: refused for a method it does not apply to, and where a command-line
+    override sets a key it would overwrite; otherwise :func:`apply_logit_stand`."""
+    from sldistill.engine.config import ConfigError, apply_logit_stand, parse_overrides, validate_config
+
+    method = str(cfg.DISTILLER.TYPE)
+    if method not in _LOGIT_STAND_SETS:
+        raise ConfigError("--logit-stand", "DISTILLER.TYPE", f"applies to {', '.join(_LOGIT_STAND_SETS)} only (as in "
+                          f"the logit-standardization release), not {method!r}")
+    base_temp = 2.0 if args.base_temp is None else args.base_temp
+    kd_weight = 9.0 if args.kd_weight is None else args.kd_weight
+    values = {"--base-temp": base_temp, "--kd-weight": kd_weight}
+    for key, value in parse_overrides(_cfg_opts(args)[1]):
+        option = _LOGIT_STAND_SETS[method].get(key)
+        if option is not None and value != values[option]:
+            given = "" if getattr(args, option[2:].replace("-", "_")) is not None else " (its default)"
+            raise ConfigError("<command line>", key, f"{value:g} conflicts with --logit-stand, which sets it to "
+                              f"{option} {values[option]:g}{given}; give the value once: {option} {value:g}")
+    cfg = apply_logit_stand(cfg, base_temp=base_temp, kd_weight=kd_weight)
+    validate_config(cfg, "<command line>")
+    return cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``sldistill train``."""
     from sldistill.engine.trainer import STOP, install_signal_handlers
 
+    if args.allow_config_change and not args.resume:
+        _warn(args, "--allow-config-change has no effect without --resume")
+    if not args.logit_stand:
+        for option, value in (("--base-temp", args.base_temp), ("--kd-weight", args.kd_weight)):
+            if value is not None:
+                _warn(args, f"{option} has no effect without --logit-stand")
     STOP.clear()
     restore = install_signal_handlers(STOP)
     try:
         cfg = _load_cfg(args)
         if args.logit_stand:
-            from sldistill.engine.config import apply_logit_stand, validate_config
-
-            cfg = apply_logit_stand(cfg, base_temp=args.base_temp, kd_weight=args.kd_weight)
-            validate_config(cfg, "<command line>")
+            cfg = _logit_stand(args, cfg)
         from sldistill.engine.run import train
 
         result = train(cfg, resume=args.resume, overwrite=args.overwrite,
@@ -136,7 +240,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--ckpt", metavar="FILE", help="weights: published format, raw state dict or a run checkpoint")
     p.add_argument("--run", metavar="DIR", help="a run folder: uses its config.yaml, student and checkpoint")
     _add_trust_arg(p)
-    p.add_argument("--which", default="best", choices=("best", "latest"), help="with --run: which checkpoint")
+    p.add_argument("--which", default=None, choices=("best", "latest"),
+                   help="with --run: which checkpoint (default best)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=cmd_eval)
     return p
@@ -147,6 +252,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sldistill.engine.config import load_config
     from sldistill.engine.run import evaluate_checkpoint
 
+    if args.which is not None and not args.run:
+        _warn(args, "--which has no effect without --run")
+    load_cli_plugins(args.plugin or [], args.opts or [])
     if args.run:
         if args.model or args.ckpt:
             raise ValueError("give either --run DIR, or --model NAME with --ckpt FILE, not both")
@@ -156,7 +264,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                     "sldistill train?)")
         cfg = load_config(args.cfg or (run / "config.yaml"), list(args.opts or []), base=args.base,
                           plugins=list(args.plugin or []))
-        model, ckpt = str(cfg.DISTILLER.STUDENT), run / f"{args.which}.pth"
+        model, ckpt = str(cfg.DISTILLER.STUDENT), run / f"{args.which or 'best'}.pth"
     else:
         if not (args.model and args.ckpt):
             raise ValueError("sldistill eval needs --model NAME and --ckpt FILE (with --cfg FILE for the dataset), "
@@ -206,9 +314,8 @@ def add_methods_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 def cmd_methods(args: argparse.Namespace) -> int:
     """Run ``sldistill methods``."""
     from sldistill.distillers.base import Unreleased, _owners
-    from sldistill.engine.config import load_plugins
 
-    load_plugins(list(args.plugin or []), "--plugin")
+    load_cli_plugins(args.plugin or [], [])
     for name, cls in _owners():
         if issubclass(cls, Unreleased):
             continue
@@ -252,6 +359,9 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--devices", default="", metavar="LIST",
                    help="comma-separated devices to spread runs over (default: every CUDA device if several)")
     p.add_argument("--base", default=None, metavar="NAME", help="codebase defaults the files assume")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (repeatable): distillers, models and datasets of your own; recorded "
+                        "in every run's EXPERIMENT.PLUGINS (so runs on other devices import it too)")
     p.add_argument("--rerun", action="store_true", help="train again even where a finished run exists")
     p.add_argument("--teacher-cache", default="auto", choices=("auto", "off"),
                    help="auto (default): build or reuse an exact teacher-logit cache for the runs that share a "
@@ -271,7 +381,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] or None
     command = "sldistill " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["sweep"] else ""
-    res = run_sweep(args.cfg, args.seeds, list(args.opts or []), out=args.out, base=args.base,
+    opts = list(args.opts or [])
+    load_cli_plugins(args.plugin or [], opts)
+    if args.plugin:  # every run's config names them: a run in a subprocess imports them too
+        opts += ["EXPERIMENT.PLUGINS", ",".join(args.plugin)]
+    res = run_sweep(args.cfg, args.seeds, opts, out=args.out, base=args.base,
                     first_seed=args.first_seed, labels=args.label, devices=devices, rerun=args.rerun,
                     command=command, baseline=args.baseline, teacher_cache=args.teacher_cache)
     print(res.table)
@@ -353,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sldistill", description="Knowledge distillation for image classifiers "
                                      "(SLD, sorting, KD/DKD/MLKD, feature distillers).")
     parser.add_argument("--version", action="version", version=f"sldistill {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=SubcommandParser)
     for add in SUBCOMMANDS:
         add(sub)
     return parser
@@ -369,7 +483,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # under torchrun every rank fails alike: rank 0 alone says why
     say = (lambda msg: print(msg, file=sys.stderr)) if os.environ.get("RANK", "0") == "0" else (lambda msg: None)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         if os.environ.get("SLDISTILL_DEBUG"):
             raise
@@ -395,5 +514,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it again at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file behind sys.stdout (tests capture it)
+        pass
+
+
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -60,11 +60,12 @@ def resolve_device(spec: str = "auto", local_rank: int = 0, world_size: int = 1)
     ``local_rank % device_count()``: one GPU per process under ``torchrun``, and GPU 0 when
     each process sees only its own GPU (``CUDA_VISIBLE_DEVICES`` per task, as SLURM sets it).
     ``cuda:N`` names one GPU, so with several processes (``world_size > 1``) it is refused.
-    Asking for CUDA without it raises ``ValueError``."""
+    Asking for CUDA without it, or anything else (``mps`` included), raises ``ValueError``; these
+    are the values the ``EXPERIMENT.DEVICE`` config check accepts."""
     spec = (spec or "auto").strip().lower()
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if spec in ("auto", "cuda") or spec.startswith("cuda:"):
+    if spec in ("auto", "cuda") or (spec.startswith("cuda:") and spec[5:].isdigit()):
         if not torch.cuda.is_available():
             raise ValueError(
                 f"EXPERIMENT.DEVICE {spec!r} asks for CUDA but no CUDA device is available; use 'cpu' or 'auto'"

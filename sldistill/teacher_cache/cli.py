@@ -24,11 +24,13 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
+    from sldistill.cli import load_cli_plugins
     from sldistill.engine.config import load_config
 
     opts = list(args.opts or [])
     if args.trust_checkpoint:
         opts += ["DISTILLER.TRUST_CHECKPOINT", "true"]
+    load_cli_plugins(args.plugin or [], opts)  # an import error names --plugin or the override
     return load_config(args.cfg, opts, base=args.base, plugins=list(args.plugin or []))
 
 

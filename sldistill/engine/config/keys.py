@@ -13,11 +13,12 @@ from sldistill.options import Key
 
 __all__ = ["ENGINE_KEYS", "BASES", "TRAINER_ALIASES", "SECTION_ORDER"]
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+#: what :func:`sldistill.engine.distributed.resolve_device` accepts (no MPS: it is untested here)
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def _device(v: str) -> str | None:
-    return None if _DEVICE_RE.match(v) else f"got {v!r}; valid: auto, cpu, cuda, cuda:N, mps"
+    return None if _DEVICE_RE.match(v) else f"got {v!r}; valid: auto, cpu, cuda, cuda:N"
 
 
 def _known_distiller(name: str) -> str | None:
@@ -31,7 +32,14 @@ def _known_distiller(name: str) -> str | None:
     close = difflib.get_close_matches(name, names, n=3)
     return (f"unknown distiller {name!r}; valid: {', '.join(names)}"
             + (f"; did you mean: {', '.join(close)}?" if close else "")
-            + " (a distiller of your own is imported with --plugin MODULE or EXPERIMENT.PLUGINS)")
+            + " (a distiller of your own is imported with --plugin MODULE or EXPERIMENT.PLUGINS)"
+            + "".join(f"; note: the {what}" for what in _failed_entry_points()))
+
+
+def _failed_entry_points() -> list[str]:
+    from .schema import entry_point_failures
+
+    return entry_point_failures("sldistill.distillers")
 
 
 #: ``SOLVER.TRAINER`` values of the published files and what each implies. The engine derives

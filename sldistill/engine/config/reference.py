@@ -6,7 +6,8 @@
   between the markers ``<!-- keys NAME -->`` and ``<!-- /keys -->``.
 
 ``python -m sldistill.engine.config.reference --write`` regenerates both (a new method's
-section needs only the two markers); without ``--write`` it prints ``docs/configs.md``.
+section needs only the two markers), and ``docs/cli.md`` (:mod:`sldistill.cli_docs`); without
+``--write`` it prints ``docs/configs.md``.
 Tests keep the files in step and fail for a registered method without its section.
 """
 from __future__ import annotations
@@ -118,7 +119,10 @@ def main(argv: list[str]) -> int:
         (docs / "configs.md").write_text(render_markdown(), encoding="utf-8")
         methods = docs / "methods.md"
         methods.write_text(update_methods_doc(methods.read_text(encoding="utf-8")), encoding="utf-8")
-        print(f"wrote {docs / 'configs.md'} and the key tables of {methods}")
+        from sldistill.cli_docs import render_cli_docs
+
+        (docs / "cli.md").write_text(render_cli_docs(), encoding="utf-8")
+        print(f"wrote {docs / 'configs.md'}, {docs / 'cli.md'} and the key tables of {methods}")
         return 0
     if argv:
         print("usage: python -m sldistill.engine.config.reference [--write]", file=sys.stderr)

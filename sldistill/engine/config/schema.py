@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
+import traceback
 from importlib import metadata
 from typing import Any, Iterable, Sequence
 
@@ -19,13 +22,60 @@ from .keys import ENGINE_KEYS, SECTION_ORDER
 from .node import CfgNode, set_path
 
 __all__ = ["schema", "sections", "defaults_from_schema", "load_plugins", "ENTRY_POINT_GROUPS", "check_value",
-           "unknown_key"]
+           "unknown_key", "entry_point_failures"]
 
 #: entry-point groups whose modules are imported before any config is validated
 ENTRY_POINT_GROUPS = ("sldistill.distillers", "sldistill.models", "sldistill.datasets")
 
 _loaded: set[str] = set()
 _entry_points_loaded = False
+#: group -> "entry point NAME (GROUP: VALUE) failed to load: ERROR", per entry point that failed
+_entry_point_failures: dict[str, list[str]] = {}
+
+
+def _raised_at(exc: BaseException) -> str:
+    """``" (raised at FILE:LINE)"``: where an import failed (the last traceback frame outside the
+    import machinery; a syntax error's own place), or ``""`` when there is none."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" (raised at {exc.filename}:{exc.lineno})"
+    machinery = os.path.dirname(importlib.__file__)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<") and not f.filename.startswith(machinery)]
+    return f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _import_error(name: str, exc: BaseException) -> str:
+    """What went wrong importing module ``name``: the module's own error and where it was raised;
+    the PYTHONPATH hint only when the module itself (or its package) is not found."""
+    text = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    if isinstance(exc, ModuleNotFoundError) and exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+        return f"{type(exc).__name__}: {text} (is it on PYTHONPATH, or installed?)"
+    return f"{type(exc).__name__}: {text}{_raised_at(exc)}"
+
+
+def entry_point_failures(group: str) -> list[str]:
+    """The entry points of ``group`` that failed to load (skipped with a warning), each as
+    ``entry point 'NAME' (GROUP: VALUE) failed to load: ERROR``; for unknown-name errors to mention."""
+    return list(_entry_point_failures.get(group, []))
+
+
+def _load_entry_points() -> list[str]:
+    """Import every entry point of :data:`ENTRY_POINT_GROUPS`; one that fails is skipped with a
+    one-line warning on stderr (naming it and the error) and recorded for :func:`entry_point_failures`."""
+    done = []
+    _entry_point_failures.clear()
+    for group in ENTRY_POINT_GROUPS:
+        for ep in metadata.entry_points(group=group):
+            try:
+                ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken installed package must not stop every command
+                module = ep.value.split(":")[0].strip()
+                what = f"entry point {ep.name!r} ({group}: {ep.value}) failed to load: {_import_error(module, exc)}"
+                _entry_point_failures.setdefault(group, []).append(what)
+                print(f"sldistill: warning: {what}; skipped", file=sys.stderr)
+                continue
+            done.append(ep.value)
+    return done
 
 
 def load_plugins(modules: Iterable[str] = (), source: str = "<plugins>") -> list[str]:
@@ -33,20 +83,15 @@ def load_plugins(modules: Iterable[str] = (), source: str = "<plugins>") -> list
     :data:`ENTRY_POINT_GROUPS`, so that what they register is known before validation.
 
     Returns the module names imported by this call. A module that cannot be imported raises
-    :class:`ConfigError` naming it and the reason.
+    :class:`ConfigError` naming where the name came from (``source``: a command-line option such as
+    ``--plugin``, else the file whose ``EXPERIMENT.PLUGINS`` names it), the module's own error and
+    the file and line that raised it. An entry point that cannot be imported is only a warning.
     """
     global _entry_points_loaded
     done = []
     if not _entry_points_loaded:
         _entry_points_loaded = True
-        for group in ENTRY_POINT_GROUPS:
-            for ep in metadata.entry_points(group=group):
-                try:
-                    ep.load()
-                except Exception as exc:  # noqa: BLE001 - any import failure is reported the same way
-                    raise ConfigError(f"entry point {ep.name} ({group})", "",
-                                      f"cannot import {ep.value}: {type(exc).__name__}: {exc}") from exc
-                done.append(ep.value)
+        done += _load_entry_points()
     for name in modules:
         name = str(name).strip()
         if not name or name in _loaded:
@@ -54,9 +99,10 @@ def load_plugins(modules: Iterable[str] = (), source: str = "<plugins>") -> list
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001
-            raise ConfigError(source, "EXPERIMENT.PLUGINS",
-                              f"cannot import plugin module {name!r}: {type(exc).__name__}: {exc} (is it on "
-                              "PYTHONPATH, or installed?)") from exc
+            problem = f"cannot import plugin module {name!r}: {_import_error(name, exc)}"
+            if source.startswith("--"):
+                raise ConfigError(f"{source} {name}", "", problem) from exc
+            raise ConfigError(source, "EXPERIMENT.PLUGINS", problem) from exc
         _loaded.add(name)
         done.append(name)
     return done
