@@ -29,6 +29,7 @@ __all__ = [
     "MethodSummary",
     "read_metrics",
     "read_run",
+    "run_label",
     "budget_of",
     "mean_std",
     "t_quantile",
@@ -110,8 +111,12 @@ class MethodSummary:
 
     @property
     def best_ci(self) -> tuple[float, float] | None:
-        """95% t-interval of the best-epoch mean over seeds (``None`` with fewer than 2 runs)."""
-        return mean_ci(self.best_values) if len(self.best_values) > 1 else None
+        """95% t-interval of the best-epoch mean over seeds, clipped to the accuracy range [0, 100]
+        (``None`` with fewer than 2 runs)."""
+        if len(self.best_values) < 2:
+            return None
+        lo, hi = mean_ci(self.best_values)
+        return max(lo, 0.0), min(hi, 100.0)
 
     @property
     def published_in_ci(self) -> bool | None:
@@ -169,12 +174,37 @@ def budget_of(cfg: Mapping[str, Any], num_train: int | None = None) -> str:
     return ", ".join(parts)
 
 
+#: DISTILLER.TYPE names whose label in a published TAG is another word
+_TAG_METHOD = {"KD_ours": "mlkd", "NONE": "vanilla"}
+
+
+def run_label(cfg: Mapping[str, Any]) -> str:
+    """A run's experiment label: its ``EXPERIMENT.TAG`` when that names the config's method,
+    teacher and student (the published ``method,teacher,student`` or ``vanilla,student``; the
+    method's variant suffix, as in ``kd_ls``, is kept), else those three of the config. A TAG
+    not of that form is kept as it is."""
+    exp, distiller = cfg.get("EXPERIMENT", {}) or {}, cfg.get("DISTILLER", {}) or {}
+    tag = str(exp.get("TAG") or "")
+    parts = [p.strip() for p in tag.split(",")]
+    if len(parts) not in (2, 3) or not distiller.get("TYPE"):
+        return tag
+    dtype = str(distiller["TYPE"])
+    method = _TAG_METHOD.get(dtype, dtype.lower())
+    teacher, student = str(distiller.get("TEACHER", "")), str(distiller.get("STUDENT", ""))
+    name = parts[0] if parts[0].lower().split("_")[0] == method.split("_")[0] else method
+    want = [name, student] if method == "vanilla" else [name, teacher, student]
+    return tag if parts == want else ",".join(want)
+
+
 def read_run(run_dir: str | Path, method: str | None = None) -> RunRecord:
     """Read a run folder's ``metrics.csv`` (and ``config.yaml`` for seed, epochs and budget).
 
+    The record's config has its ``EXPERIMENT.TAG`` as :func:`run_label` gives it (the TAG of a
+    run whose method or models were overridden names the ones it trained).
+
     Args:
         run_dir: the folder.
-        method: the label; default the config's ``EXPERIMENT.NAME`` or ``TAG``.
+        method: the label; default the config's ``EXPERIMENT.NAME`` or (corrected) ``TAG``.
 
     Raises:
         FileNotFoundError: no ``metrics.csv``.
@@ -197,6 +227,9 @@ def read_run(run_dir: str | Path, method: str | None = None) -> RunRecord:
         cfg = yaml.safe_load(cfg_file.read_text()) or {}
     seed = int(cfg.get("EXPERIMENT", {}).get("SEED", 0)) if cfg else 0
     planned = int(cfg["SOLVER"]["EPOCHS"]) if cfg else epochs[-1]
+    exp = cfg.get("EXPERIMENT") if cfg else None
+    if isinstance(exp, dict) and exp.get("TAG"):
+        exp["TAG"] = run_label(cfg)  # what grouping by TAG reads: the models and method the run trained
     if method is None:
         exp = cfg.get("EXPERIMENT", {}) if cfg else {}
         method = str(exp.get("NAME") or exp.get("TAG") or run_dir.name)
@@ -295,7 +328,8 @@ def table_notes(summaries: Sequence[MethodSummary], paired: Sequence[PairedDiff]
     """The lines that explain :func:`markdown_table`'s columns (and name the published sources used)."""
     lines = ["Top-1 on the test set, mean ± sample standard deviation (divisor N - 1) over seeds; "
              "'best' is the highest epoch of each run (what the papers report), 'last' its final epoch. "
-             "95% CI: t-interval of the best-epoch mean over seeds, mean ± t(0.975, n - 1) · s / √n."]
+             "95% CI: t-interval of the best-epoch mean over seeds, mean ± t(0.975, n - 1) · s / √n, clipped "
+             "to the accuracy range [0, 100]."]
     if paired:
         lines.append(f"Δ: paired by seed, each method's top-1 minus {paired[0].baseline}'s in the run of the same "
                      "seed (same data order and augmentations), mean and 95% t-interval over the seeds both ran; "

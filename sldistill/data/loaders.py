@@ -47,7 +47,8 @@ from .registry import get_dataset
 from .sampling import EpochSampler, ShardSampler, worker_init
 from .transforms import finite_view_problem
 
-__all__ = ["Datasets", "Loaders", "build_datasets", "build_loaders", "balanced_subset", "view_transforms"]
+__all__ = ["Datasets", "Loaders", "build_datasets", "build_loaders", "build_val_loader", "balanced_subset",
+           "view_transforms"]
 
 
 def view_transforms(kind: str, cfg: Any = None) -> tuple[Callable, Callable]:
@@ -61,7 +62,8 @@ def balanced_subset(targets: Sequence[int] | np.ndarray, n: int, num_classes: in
 
     Each class gets ``n // num_classes`` samples (the remainder goes to randomly chosen
     classes); a class with too few samples gives all it has and the shortfall is filled at
-    random from the rest.
+    random from the rest. ``n <= 0`` or ``n >= len(targets)`` is every sample; with ``n <
+    num_classes`` some classes get none (:func:`build_datasets` warns).
     """
     targets = np.asarray(targets, dtype=np.int64)
     if n <= 0 or n >= len(targets):
@@ -106,6 +108,7 @@ class Datasets:
     source: str = ""  #: where the files were read from
     weak_transform: Callable | None = None  #: the first training view's transform
     view_ids: bool = False  #: whether training batches carry ``view_id`` (the weak transform is finite)
+    notes: list[str] = field(default_factory=list)  #: warnings for a training run's log (one line each)
 
 
 def _dataset(kind: str, split: Any, classes: list[str], views: list, seed: int) -> ArrayDataset | FileDataset:
@@ -151,10 +154,18 @@ def build_datasets(cfg: Any, *, num_views: int = 1, contrastive: bool = False, r
     train = _dataset(entry.name, train_split, classes, [train_view] * num_views, seed)
     val = _dataset(entry.name, val_split, classes, [test_view], seed)
     subset = data_option(cfg, "DATASET.TRAIN_SUBSET")
-    if 0 < subset < len(train):
+    notes = []
+    if subset > 0:
         subset_seed = data_option(cfg, "DATASET.SUBSET_SEED")
-        train = train.subset(balanced_subset(train.targets, subset, len(classes), seed if subset_seed < 0
-                                             else subset_seed))
+        picked = balanced_subset(train.targets, subset, len(classes), seed if subset_seed < 0 else subset_seed)
+        if subset < len(classes):
+            notes.append(f"warning: DATASET.TRAIN_SUBSET {subset} is smaller than the number of classes "
+                         f"({len(classes)}): {len(classes) - subset} classes get no training image")
+        if subset >= len(train):
+            notes.append(f"warning: DATASET.TRAIN_SUBSET {subset} is not smaller than the {len(train)} training "
+                         f"images: training on all {len(train)}")
+        else:
+            train = train.subset(picked)
     train_ds: ArrayDataset | FileDataset | ContrastiveDataset = train
     if contrastive:
         train_ds = ContrastiveDataset(train, int(cfg_get(cfg, "CRD.NCE.K", 16384)),
@@ -167,7 +178,7 @@ def build_datasets(cfg: Any, *, num_views: int = 1, contrastive: bool = False, r
         val_collate=BatchCollate(spec.mean, spec.std, train=False, seed=seed, rank=rank),
         num_views=num_views, mean=spec.mean, std=spec.std, seed=seed, kind=entry.name,
         contrastive=bool(contrastive), test_transform=test_view, source=source,
-        weak_transform=train_view, view_ids=finite_view_problem(train_view) is None,
+        weak_transform=train_view, view_ids=finite_view_problem(train_view) is None, notes=notes,
     )
 
 
@@ -224,15 +235,11 @@ def build_loaders(cfg: Any, *, num_views: int = 1, needs: Sequence[str] = (), ra
         raise ValueError(f"SOLVER.BATCH_SIZE={global_batch} (the global batch) must be a positive multiple "
                          f"of the number of processes ({world_size})")
     batch = global_batch // world_size
-    val_batch = data_option(cfg, "DATASET.TEST.BATCH_SIZE")
-    workers = data_option(cfg, "DATASET.NUM_WORKERS")
     contrastive = "contrast_index" in needs
     ds = build_datasets(cfg, num_views=num_views, contrastive=contrastive, rank=rank, seed=seed)
     if "view_id" in needs and not ds.view_ids:
         raise ValueError(f"weak-view ids were asked for, but the weak view of DATASET.TYPE {ds.kind!r} is not finite: "
                          f"{finite_view_problem(ds.weak_transform)}")
-    pin = data_option(cfg, "DATASET.PIN_MEMORY") and torch.device(device).type == "cuda"
-
     sampler = EpochSampler(len(ds.train), seed=seed, rank=rank, world_size=world_size)
     per_proc = len(sampler)
     drop_last = data_option(cfg, "DATASET.DROP_LAST")
@@ -242,15 +249,30 @@ def build_loaders(cfg: Any, *, num_views: int = 1, needs: Sequence[str] = (), ra
                       f"image after {per_proc // batch} batches of {batch}", stacklevel=2)
     if per_proc < batch and drop_last:
         raise ValueError(f"{per_proc} training images per process is fewer than one batch of {batch}")
-    common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
-                  worker_init_fn=worker_init if workers > 0 else None)
     train = DataLoader(ds.train, batch_size=batch, shuffle=False, sampler=sampler,
                        drop_last=drop_last, collate_fn=ds.train_collate,
-                       generator=torch.Generator().manual_seed(seed + 104729 * rank), **common)
-    val_sampler = ShardSampler(len(ds.val), rank, world_size) if world_size > 1 else None
-    val = DataLoader(ds.val, batch_size=val_batch, shuffle=False, sampler=val_sampler, drop_last=False,
-                     collate_fn=ds.val_collate, generator=torch.Generator().manual_seed(seed + 1), **common)
+                       generator=torch.Generator().manual_seed(seed + 104729 * rank), **_loader_options(cfg, device))
+    val = build_val_loader(cfg, ds, rank=rank, world_size=world_size, device=device, seed=seed)
     keys = TRAIN_BATCH_KEYS[:3] + (("contrast_index",) if contrastive else ()) + (("view_id",) if ds.view_ids else ())
     return Loaders(train=train, val=val, num_classes=ds.num_classes, train_sampler=sampler,
                    num_train=len(ds.train), num_val=len(ds.val), classes=ds.classes,
                    num_views=ds.num_views, batch_size=batch, datasets=ds, batch_keys=keys)
+
+
+def _loader_options(cfg: Any, device: str | torch.device) -> dict[str, Any]:
+    workers = data_option(cfg, "DATASET.NUM_WORKERS")
+    return dict(num_workers=workers, pin_memory=data_option(cfg, "DATASET.PIN_MEMORY") and
+                torch.device(device).type == "cuda", persistent_workers=workers > 0,
+                worker_init_fn=worker_init if workers > 0 else None)
+
+
+def build_val_loader(cfg: Any, ds: Datasets, *, rank: int = 0, world_size: int = 1,
+                     device: str | torch.device = "cpu", seed: int | None = None) -> DataLoader:
+    """The validation loader of ``ds`` (``DATASET.TEST.BATCH_SIZE``; this process's
+    ``rank::world_size`` share when distributed): what evaluation needs, without the training
+    loader."""
+    seed = int(cfg_get(cfg, "EXPERIMENT.SEED", 0) if seed is None else seed)
+    sampler = ShardSampler(len(ds.val), rank, world_size) if world_size > 1 else None
+    return DataLoader(ds.val, batch_size=data_option(cfg, "DATASET.TEST.BATCH_SIZE"), shuffle=False, sampler=sampler,
+                      drop_last=False, collate_fn=ds.val_collate, generator=torch.Generator().manual_seed(seed + 1),
+                      **_loader_options(cfg, device))

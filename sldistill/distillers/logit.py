@@ -9,6 +9,7 @@ student logits.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import torch.nn.functional as F
@@ -202,6 +203,12 @@ class SLD(Distiller):
                 f"DISTILLER.LOGIT_PROCESSOR must be 'none' (got {cfg.DISTILLER.LOGIT_PROCESSOR!r}) and "
                 f"EXPERIMENT.LOGIT_STAND False (got {cfg.EXPERIMENT.LOGIT_STAND!r})")
         self.fuse = bool(cfg.SOLVER.FUSE_STUDENT_VIEWS)
+        epochs = int(cfg.SOLVER.EPOCHS)
+        if self.gamma >= epochs and self.student_processor != "none":
+            source = f"round(SLD.GAMMA_FRACTION {fraction:g} * SOLVER.EPOCHS)" if fraction > 0 else "SLD.GAMMA"
+            warnings.warn(f"{source} = {self.gamma:g} >= SOLVER.EPOCHS {epochs}: the pseudo-teacher term "
+                          "(on when epoch > GAMMA) never switches on in this run; lower SLD.GAMMA or set "
+                          "SLD.GAMMA_FRACTION (0.625 scales the released 150 of 240 epochs)", stacklevel=2)
 
     def forward_train(self, views: Sequence[Tensor], target: Tensor, epoch: int,
                       **extras: Any) -> tuple[Tensor, LossTerms]:

@@ -278,11 +278,15 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], loader: Iterable, device: tor
              progress: Callable[[Iterable], Iterable] | None = None) -> dict[str, float]:
     """Top-1, top-5 (percent) and mean cross-entropy of ``model_fn`` over ``loader``.
 
+    With 5 classes or fewer every label is among the top 5, so ``top5`` is NaN there (not a
+    meaningless 100; written as ``null`` in ``metrics.jsonl``).
+
     Sums are accumulated on the device and all-reduced over processes (each rank evaluates
     its shard), then divided by the global sample count: one host synchronisation at the end.
     Batches are named records ``{"image": ..., "target": ...}`` (or ``(image, target)`` pairs).
     """
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
+    num_classes = 0
     it = progress(loader) if progress is not None else loader
     for batch in it:
         image, target = (batch["image"], batch["target"]) if isinstance(batch, dict) else (batch[0], batch[1])
@@ -293,6 +297,7 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], loader: Iterable, device: tor
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model_fn(image)
         logits = logits.float()
+        num_classes = logits.shape[1]
         loss = F.cross_entropy(logits, target, reduction="sum")
         correct = topk_correct(logits, target, (1, 5))
         sums[0] += loss.double()
@@ -301,4 +306,5 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], loader: Iterable, device: tor
     all_reduce_sum(sums)
     loss_sum, c1, c5, n = sums.tolist()
     n = max(n, 1.0)
-    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss_sum / n}
+    top5 = 100.0 * c5 / n if num_classes > 5 else float("nan")
+    return {"top1": 100.0 * c1 / n, "top5": top5, "loss": loss_sum / n}

@@ -149,8 +149,9 @@ def plan_run_folder(cfg: Any, run_dir: Path, resume: bool, overwrite: bool, allo
     if resume:
         latest = run_dir / LATEST
         if not latest.is_file():
-            raise RunFolderError(f"--resume: no {LATEST} in {run_dir} ({state.describe()}); start the run "
-                                 "without --resume")
+            what = "--overwrite starts it afresh" if state.exists else "start the run without --resume"
+            raise RunFolderError(f"--resume: no {LATEST} in {run_dir} ({state.describe()}): nothing to resume; "
+                                 f"{what}")
         ckpt = load_checkpoint(latest)
         plan.changes, protected = config_changes(ckpt.get("cfg", {}), cfg, _method_sections(cfg))
         if protected and not allow_config_change:
@@ -166,8 +167,10 @@ def plan_run_folder(cfg: Any, run_dir: Path, resume: bool, overwrite: bool, allo
         if state.exists:
             plan.notes.append(f"--overwrite: replacing {state.describe()} in {run_dir}")
     elif state.exists:
-        raise RunFolderError(f"run folder {run_dir} holds {state.describe()}; --resume continues it, --overwrite "
-                             "replaces it, or set EXPERIMENT.NAME to train into another folder")
+        options = "; --resume continues it, --overwrite replaces it" if state.checkpoint or state.finished \
+            else " (nothing to resume); --overwrite replaces it"
+        raise RunFolderError(f"run folder {run_dir} holds {state.describe()}{options}, or set EXPERIMENT.NAME "
+                             "to train into another folder")
     return plan
 
 
@@ -199,18 +202,36 @@ def _finished_result(run_dir: Path, epoch: int) -> TrainResult:
 
 
 def config_summary(cfg: Any) -> list[str]:
-    """The console's view of a config: the keys that differ from the base's defaults, and the
-    keys set that are accepted for compatibility only."""
+    """The console's view of a config: the keys that differ from the base's defaults, and those
+    of them that are accepted for compatibility only (not acted on)."""
     from sldistill.engine.config import get_defaults, schema
 
-    defaults = flat_config(get_defaults(str(cfg.BASE)))
-    diff = [f"  {k}: {v!r}" for k, v in flat_config(cfg).items() if defaults.get(k) != v]
+    defaults, flat = flat_config(get_defaults(str(cfg.BASE))), flat_config(cfg)
+    diff = [f"  {k}: {v!r}" for k, v in flat.items() if defaults.get(k) != v]
     lines = [f"config: {len(diff)} key(s) differ from the {cfg.BASE} defaults (the full config is saved as "
              "config.yaml):", *diff]
-    compat = [k for k, key in schema().items() if key.compat]
+    compat = [k for k, key in schema().items() if key.compat and k in flat and flat[k] != defaults.get(k)]
     if compat:
         lines.append("accepted for compatibility, not acted on: " + ", ".join(compat))
     return lines
+
+
+def _missing_dirs(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) while it is empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run uses it) or gone
+            return
 
 
 def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_config_change: bool = False,
@@ -220,7 +241,8 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
     The run folder is checked first (see :func:`plan_run_folder`) and locked (``run.lock``)
     for the run; then data, models and distiller are built, the config is saved as
     ``config.yaml`` and :class:`Trainer` runs. A start that fails before training removes
-    the folder it created. ``overwrite`` replaces a run in the folder; ``resume`` continues it.
+    the folder it created, and the (empty) parents it created for it. ``overwrite`` replaces a
+    run in the folder; ``resume`` continues it.
     """
     if resume and overwrite:
         raise ValueError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
@@ -228,6 +250,7 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
     run_dir = Path(config_run_dir(cfg))
     lock: RunLock | None = None
     created = started = False
+    new_dirs: list[Path] = []
     try:
         per_proc = check_run_config(cfg, dist_info.device, dist_info.world_size)
         wandb_opts = wandb_options(cfg, resumed=resume)  # a missing package stops every rank here
@@ -239,6 +262,7 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
                       "(raise SOLVER.EPOCHS to train further)")
             return _finished_result(run_dir, plan.finished_epoch)
         created = dist_info.is_main and not run_dir.exists()
+        new_dirs = _missing_dirs(run_dir) if created else []
         lock = _on_rank0(dist_info, lambda: RunLock(run_dir, take_stale=resume or overwrite).acquire())
         if not dist_info.is_main:
             lock = None
@@ -268,6 +292,8 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
         logger.info(f"run folder: {run_dir}")
         logger.info(f"data: {cfg.DATASET.TYPE} from {ds.source if ds is not None else '?'}: {loaders.num_train} "
                     f"training and {loaders.num_val} validation images, {loaders.num_classes} classes")
+        for note in ds.notes if ds is not None else []:
+            logger.info(note)
         if cache is not None:
             logger.info(f"teacher cache: {cfg.DISTILLER.TEACHER_CACHE} (the weak view's teacher logits are read "
                         "from it)")
@@ -292,6 +318,7 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
         if created and not started and run_dir.is_dir():
             shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves no half-made folder
             lock = None
+            _remove_empty(new_dirs[1:])  # nor the parents made for it
         raise
     finally:
         if lock is not None:
@@ -302,7 +329,8 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
 def evaluate_checkpoint(cfg: Any, model_name: str, ckpt: str | Path, *, strict: bool = True) -> dict[str, float]:
     """Top-1/top-5/loss of model ``model_name`` with weights ``ckpt`` on ``cfg``'s validation set."""
     from sldistill import models
-    from sldistill.data import build_loaders
+    from sldistill.data import build_datasets
+    from sldistill.data.loaders import build_val_loader
 
     device = resolve_device(str(cfg.EXPERIMENT.DEVICE))
     if device.type == "cuda":
@@ -310,12 +338,14 @@ def evaluate_checkpoint(cfg: Any, model_name: str, ckpt: str | Path, *, strict: 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    loaders = build_loaders(cfg, rank=0, world_size=1, device=device, seed=int(cfg.EXPERIMENT.SEED))
-    model = models.create(model_name, num_classes=loaders.num_classes, dataset=str(cfg.DATASET.TYPE))
+    seed = int(cfg.EXPERIMENT.SEED)
+    ds = build_datasets(cfg, seed=seed)  # and no training loader: its batching does not concern evaluation
+    val = build_val_loader(cfg, ds, device=device, seed=seed)
+    model = models.create(model_name, num_classes=ds.num_classes, dataset=str(cfg.DATASET.TYPE))
     models.load_weights(model, str(ckpt), strict=strict, trust=bool(cfg.DISTILLER.TRUST_CHECKPOINT))
     model.to(device).eval()
     channels_last = bool(cfg.SOLVER.CHANNELS_LAST)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return evaluate(lambda x: model(x)[0], loaders.val, device, amp_dtype=amp_dtype(cfg.SOLVER.AMP, device),
+    return evaluate(lambda x: model(x)[0], val, device, amp_dtype=amp_dtype(cfg.SOLVER.AMP, device),
                     channels_last=channels_last)

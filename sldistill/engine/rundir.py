@@ -34,19 +34,25 @@ class RunFolderError(ValueError):
 
 @dataclass
 class RunState:
-    """What a run folder holds: ``exists`` (a run was started there), ``finished``, and the
-    last completed ``epoch`` (0 when no checkpoint was written)."""
+    """What a run folder holds: ``exists`` (a run was started there), ``finished``, the
+    last completed ``epoch`` (0 when none was) and ``checkpoint`` (``latest.pth`` is there:
+    the run can be resumed)."""
 
     exists: bool
     finished: bool = False
     epoch: int = 0
+    checkpoint: bool = False
 
     def describe(self) -> str:
         if not self.exists:
             return "no run"
         if self.finished:
             return f"a finished run (epoch {self.epoch})"
-        return f"a run stopped at epoch {self.epoch}" if self.epoch else "a run that wrote no checkpoint yet"
+        if self.epoch:
+            return f"a run stopped at epoch {self.epoch}"
+        if self.checkpoint:
+            return "a run stopped during its first epoch"
+        return "a run that stopped before writing any checkpoint"
 
 
 def run_state(folder: str | os.PathLike) -> RunState:
@@ -64,7 +70,7 @@ def run_state(folder: str | os.PathLike) -> RunState:
             except (ValueError, AttributeError):
                 continue
     finished = (folder / "summary.json").is_file()
-    return RunState(True, finished, epoch)
+    return RunState(True, finished, epoch, (folder / "latest.pth").is_file())
 
 
 def _pid_alive(pid: int) -> bool:
