@@ -16,12 +16,17 @@ boundary's *weights updated so far*; see the trainer for how resuming treats it.
 
 Writes are atomic: the object is written to a temporary file in the same folder, flushed and
 ``fsync``-ed, then renamed over the target, so a crash leaves either the old or the new file.
+A failed write (a full disk, ...) raises ``OSError`` naming the file and the cause, and leaves
+the old file and no temporary file behind. The file gets a new file's usual permissions
+(``0666`` less the umask).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +54,26 @@ def epoch_name(epoch: int) -> str:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically (temp file, fsync, rename)."""
+    """``torch.save`` ``obj`` to ``path`` atomically (temp file, fsync, rename).
+
+    Raises ``OSError`` (``filename`` is ``path``) when the file cannot be written; the previous
+    file at ``path``, if any, is then unchanged."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
+        # created as open() creates files (0666 less the umask), not private like mkstemp's
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if _is_write_failure(exc):
+            raise _write_error(path, exc) from exc
         raise
     try:  # make the rename itself durable
         dfd = os.open(str(path.parent), os.O_RDONLY)
@@ -74,6 +84,28 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     except OSError:
         pass
     return path
+
+
+# torch's zip writer reports a failed write (a full disk) as a RuntimeError with one of these in
+# its message; other RuntimeErrors (an object that cannot be pickled) are passed on as they are
+_TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed", "No space left on device",
+                         "Disk quota exceeded")
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) or (isinstance(exc, RuntimeError)
+                                        and any(m in str(exc) for m in _TORCH_WRITE_FAILURES))
+
+
+def _write_error(path: Path, exc: BaseException) -> OSError:
+    """An ``OSError`` naming ``path`` and why writing it failed (what the CLI reports in one line)."""
+    cause = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    if isinstance(exc, OSError) and exc.errno:
+        code = exc.errno
+    else:
+        code = errno.ENOSPC if "No space left on device" in cause else errno.EIO
+    return OSError(code, f"cannot write the checkpoint: {cause} (the previous {path.name}, if any, is unchanged)",
+                   str(path))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -131,6 +131,7 @@ class EpochMeter:
         self.sums = torch.zeros(0, dtype=torch.float64, device=device)
         self.first_bad = torch.zeros(0, dtype=torch.long, device=device)
         self.stats = torch.zeros(3, dtype=torch.float64, device=device)  # total, correct@1, n
+        self.steps = 0  # iterations summed
 
     def add(self, iteration: int, terms: dict[str, Tensor], total: Tensor, correct: Tensor, n: int) -> None:
         if list(terms) != self.names:
@@ -143,6 +144,7 @@ class EpochMeter:
         self.stats[0] += total.detach().double()
         self.stats[1] += correct
         self.stats[2] += n
+        self.steps += 1
 
     def _grow(self, new: list[str]) -> None:
         names = list(self.names) + [k for k in new if k not in self.names]
@@ -168,8 +170,25 @@ class EpochMeter:
             it, name = min(hits)
             raise NonFiniteLossError(epoch, it, name, float("nan"))
 
-    def averages(self, steps: int) -> list[float]:
-        return (self.sums / max(1, steps)).tolist()
+    def averages(self) -> list[float]:
+        """Each term's mean over the iterations summed."""
+        return (self.sums / max(1, self.steps)).tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sums so far, as CPU tensors and plain values (a mid-epoch checkpoint holds them,
+        so the resumed epoch reports the same averages as an uninterrupted one)."""
+        return {"names": list(self.names), "sums": self.sums.to("cpu", copy=True),
+                "stats": self.stats.to("cpu", copy=True), "first_bad": self.first_bad.to("cpu", copy=True),
+                "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` output."""
+        device = self.stats.device
+        self.names = list(state["names"])
+        self.sums = state["sums"].to(device, torch.float64)
+        self.stats = state["stats"].to(device, torch.float64)
+        self.first_bad = state["first_bad"].to(device, torch.long)
+        self.steps = int(state["steps"])
 
 
 def teacher_warnings(cfg: Any, acc: float | None, num_classes: int | None) -> list[str]:

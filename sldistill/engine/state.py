@@ -7,7 +7,10 @@ A checkpoint is a dict of tensors and plain values (it loads with ``weights_only
 ``"cfg"`` (the resolved config), ``"world_size"`` and ``"rng"``: every rank's generator
 states, rank 0's first (each rank continues its own streams after a resume). A checkpoint
 written on a stop signal in the middle of an epoch also has ``"interrupted": True``,
-``"iteration"`` (batches done) and ``"epoch_rng"`` (every rank's states at the epoch start).
+``"iteration"`` (batches done), ``"epoch_rng"`` (every rank's states at the epoch start) and
+``"meter"`` (every rank's running sums of the epoch's training metrics, see
+:meth:`~sldistill.engine.control.EpochMeter.state_dict`), so the resumed epoch reports the
+training metrics of an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ __all__ = ["build_state", "load_resume", "rank_state"]
 
 
 def build_state(tr: "Trainer", epoch: int, *, interrupted_at: int | None = None,
-                epoch_rng: dict | None = None) -> dict:
+                epoch_rng: dict | None = None, meter: dict | None = None) -> dict:
     """The checkpoint of trainer ``tr`` after ``epoch``; collective (every rank calls it)."""
     rngs = gather_objects(capture_rng_state())
     state = {
@@ -45,6 +48,8 @@ def build_state(tr: "Trainer", epoch: int, *, interrupted_at: int | None = None,
         state["interrupted"] = True
         state["iteration"] = interrupted_at
         state["epoch_rng"] = gather_objects(epoch_rng)
+        if meter is not None:
+            state["meter"] = gather_objects(meter)
     return state
 
 
@@ -85,7 +90,10 @@ def load_resume(tr: "Trainer") -> dict:
     if ckpt.get("interrupted"):
         tr.skip_iters = int(ckpt.get("iteration", 0))
         tr._epoch_rng = rank_state(ckpt.get("epoch_rng"), tr.dist.rank, tr.dist.world_size, saved_world)
+        # older checkpoints, or another process count: the epoch's metrics average the iterations after the resume
+        tr._resume_meter = rank_state(ckpt.get("meter"), tr.dist.rank, tr.dist.world_size, saved_world)
     tr._resume_rng = rank_state(ckpt.get("rng"), tr.dist.rank, tr.dist.world_size, saved_world)
     where = f"epoch {tr.start_epoch}" + (f", iteration {tr.skip_iters + 1}" if tr.skip_iters else "")
-    tr.logger.info(f"resumed from {path}: continuing at {where} (best top-1 so far {tr.best_acc:.2f})")
+    best = f"{tr.best_acc:.2f}" if tr.best_acc >= 0 else "none yet"  # -1: no epoch finished yet
+    tr.logger.info(f"resumed from {path}: continuing at {where} (best top-1 so far {best})")
     return ckpt

@@ -143,6 +143,7 @@ class Trainer:
         self.teacher_acc: float | None = None
         self._epoch_rng: dict | None = None
         self._resume_rng: dict | None = None
+        self._resume_meter: dict | None = None
         if resume:
             load_resume(self)
 
@@ -150,6 +151,12 @@ class Trainer:
     def _save(self, state: dict, name: str) -> None:
         if self.dist.is_main:
             atomic_save(state, self.run_dir / name)
+
+    def _epoch_start_lr(self, epoch: int) -> float:
+        """The rate of the epoch's first step (logged as the epoch's ``lr``; the schedule is per
+        iteration, so after a mid-epoch resume the current rate is another one)."""
+        sched = self.scheduler
+        return sched.base_lrs[0] * sched.factor((epoch - 1) * self.steps_per_epoch)
 
     def sync_buffers(self) -> None:
         """Rank 0's buffers of the trainable modules on every rank (before eval and saving)."""
@@ -230,8 +237,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        """Train one epoch; returns averaged terms, loss, top-1, images/s and ``stopped_at``
-        (the iteration count when a stop signal ended the epoch early, else ``None``)."""
+        """Train one epoch; returns averaged terms, loss, top-1, images/s, ``stopped_at`` (the
+        iteration count when a stop signal ended the epoch early, else ``None``) and ``meter``
+        (then the epoch's running sums, for the checkpoint)."""
         self.model.train()
         if self.train_sampler is not None and hasattr(self.train_sampler, "set_epoch"):
             self.train_sampler.set_epoch(epoch)
@@ -242,12 +250,14 @@ class Trainer:
             restore_rng_state(self._epoch_rng.get("global"))
         epoch_rng = {"global": capture_rng_state()}
         loader_iter = iter(self.train_loader)
+        meter = EpochMeter(self.device)
         if skip:
             for _ in range(skip):  # replay the data order up to the interrupt point
                 next(loader_iter)
             restore_rng_state(self._resume_rng)
-            self._resume_rng, self.skip_iters, self._epoch_rng = None, 0, None
-        meter = EpochMeter(self.device)
+            if self._resume_meter is not None:  # the sums of the iterations before the interrupt
+                meter.load_state_dict(self._resume_meter)
+            self._resume_rng, self.skip_iters, self._epoch_rng, self._resume_meter = None, 0, None, None
         pbar = None
         if self.progress:
             from tqdm import tqdm
@@ -263,7 +273,8 @@ class Trainer:
                 break
             except Exception as exc:  # an unreadable file met mid-epoch: keep the progress, then stop
                 if not self.dist.distributed:  # (under DDP the peers wait in a collective; the epoch's state stays)
-                    self._save(build_state(self, epoch - 1, interrupted_at=iteration, epoch_rng=epoch_rng), LATEST)
+                    self._save(build_state(self, epoch - 1, interrupted_at=iteration, epoch_rng=epoch_rng,
+                                           meter=meter.state_dict()), LATEST)
                 self.logger.info(f"data error at epoch {epoch}, iteration {iteration + 1}: {exc}; "
                                  f"{self.run_dir / LATEST} holds the progress (fix the file, then --resume)")
                 raise
@@ -287,11 +298,12 @@ class Trainer:
             pbar.close()
         meter.check_finite(epoch, self._reduce_min if self.dist.distributed else None)
         elapsed = time.perf_counter() - t0
+        # an interrupted epoch's checkpoint keeps this rank's sums (before they are summed over ranks)
+        out: dict[str, Any] = {"meter": meter.state_dict() if stopped_at is not None else None}
         all_reduce_sum(meter.stats)
-        n_steps = max(1, (stopped_at or iteration) - skip)
-        out: dict[str, Any] = {f"train_{k}": v for k, v in zip(meter.names, meter.averages(n_steps))}
+        out.update({f"train_{k}": v for k, v in zip(meter.names, meter.averages())})
         tot, c1, n = meter.stats.tolist()
-        out["train_loss"] = tot / max(1, n_steps * self.dist.world_size)
+        out["train_loss"] = tot / max(1, meter.steps * self.dist.world_size)
         out["train_acc"] = 100.0 * c1 / max(1.0, n)
         out["images_per_s"] = images_seen * self.dist.world_size / max(1e-9, elapsed)
         out["epoch_time_s"] = elapsed
@@ -304,7 +316,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         elapsed = max(1e-9, time.perf_counter() - t0)
-        avg = meter.averages(iteration - skip)
+        avg = meter.averages()
         rate = images_seen / elapsed
         terms = {short_name(k): f"{v:.4f}" for k, v in zip(meter.names, avg)}
         if pbar is not None:
@@ -316,7 +328,7 @@ class Trainer:
                              + f"  {rate:.0f} img/s  ETA {eta:.0f} s")
         if self.logger._tb is not None:
             step = (epoch - 1) * self.steps_per_epoch + iteration
-            self.logger.scalar("train/loss", float(meter.stats[0] / max(1, iteration - skip)), step)
+            self.logger.scalar("train/loss", float(meter.stats[0] / max(1, meter.steps)), step)
             self.logger.scalar("train/lr", self.scheduler.get_last_lr()[0], step)
 
     def evaluate_model(self, fn: Callable[[Tensor], Tensor], desc: str) -> dict[str, float]:
@@ -369,16 +381,22 @@ class Trainer:
         if self._resume_rng is not None and not self.skip_iters:
             restore_rng_state(self._resume_rng)
             self._resume_rng = None
+        summary = self.run_dir / "summary.json"
+        if self.dist.is_main and summary.is_file():  # training past a finished run: it is not finished now
+            summary.unlink()
+            self.logger.info(f"training on past the finished epoch {self.start_epoch - 1}: removed {summary} "
+                             "(written again when the run finishes)")
         history: list[dict] = []
         last_acc, last_epoch = float("nan"), self.start_epoch - 1
         status = "finished"
         for epoch in range(self.start_epoch, self.epochs + 1):
-            lr = self.scheduler.get_last_lr()[0]
+            lr = self._epoch_start_lr(epoch)
             train = self.train_epoch(epoch)
-            epoch_rng, stopped_at = train.pop("epoch_rng"), train.pop("stopped_at")
+            epoch_rng, stopped_at, meter = train.pop("epoch_rng"), train.pop("stopped_at"), train.pop("meter")
             self.sync_buffers()
             if stopped_at is not None:
-                self._save(build_state(self, epoch - 1, interrupted_at=stopped_at, epoch_rng=epoch_rng), LATEST)
+                self._save(build_state(self, epoch - 1, interrupted_at=stopped_at, epoch_rng=epoch_rng,
+                                       meter=meter), LATEST)
                 self.logger.info(f"stopped by {self.stop_flag.name or 'signal'} at epoch {epoch}, iteration "
                                  f"{stopped_at}; saved {self.run_dir / LATEST} (resume with --resume)")
                 status = "interrupted"
@@ -388,6 +406,15 @@ class Trainer:
             if is_best:
                 self.best_acc, self.best_epoch = val["top1"], epoch
             last_acc, last_epoch = val["top1"], epoch
+            # the checkpoints first, latest.pth last: a failed save leaves latest.pth at the previous
+            # epoch and no metric row for this one, so a resume re-runs the epoch and logs it once
+            state = build_state(self, epoch)
+            if is_best:
+                self._save(state, BEST)
+            freq = int(self.cfg.LOG.SAVE_CHECKPOINT_FREQ)
+            if freq > 0 and epoch % freq == 0:
+                self._save(state, epoch_name(epoch))
+            self._save(state, LATEST)
             row = {"lr": lr, **train, "test_acc": val["top1"], "test_acc_top5": val["top5"],
                    "test_loss": val["loss"], "best_acc": self.best_acc}
             history.append({"epoch": epoch, **row})
@@ -397,13 +424,6 @@ class Trainer:
                              f"{terms}  train top-1 {train['train_acc']:.2f}  test top-1 {val['top1']:.2f}  top-5 "
                              f"{val['top5']:.2f}  loss {val['loss']:.4f}  best {self.best_acc:.2f} (epoch "
                              f"{self.best_epoch})  {train['images_per_s']:.0f} img/s  {train['epoch_time_s']:.0f} s")
-            state = build_state(self, epoch)
-            self._save(state, LATEST)
-            if is_best:
-                self._save(state, BEST)
-            freq = int(self.cfg.LOG.SAVE_CHECKPOINT_FREQ)
-            if freq > 0 and epoch % freq == 0:
-                self._save(state, epoch_name(epoch))
             if self.stop_after_epoch is not None and self.stop_after_epoch <= epoch < self.epochs:
                 status = "stopped"
                 break
