@@ -9,7 +9,8 @@ t-interval of the best-epoch mean over seeds and the published number of the exp
 (:mod:`sldistill.published`) where there is one; :func:`markdown_table` also shows paired
 differences to a baseline (:func:`sldistill.sweep.paired_differences`). The standard deviation
 is the sample one (divisor N - 1); with one run it is reported as 0, the table says ``n=1``
-and there is no interval.
+and there is no interval. N counts seeds, not folders: of several runs of one seed in a group
+:func:`one_run_per_seed` keeps one (the one that logged the most epochs, then the latest).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ __all__ = [
     "mean_ci",
     "seeds_needed",
     "aggregate",
+    "one_run_per_seed",
     "format_pm",
     "markdown_table",
     "table_notes",
@@ -108,6 +110,8 @@ class MethodSummary:
     best_values: list[float] = field(default_factory=list)
     last_values: list[float] = field(default_factory=list)
     published: PublishedResult | None = None
+    #: one line per seed that several runs of this method had (see :func:`one_run_per_seed`)
+    repeated: list[str] = field(default_factory=list)
 
     @property
     def best_ci(self) -> tuple[float, float] | None:
@@ -199,12 +203,10 @@ def run_label(cfg: Mapping[str, Any]) -> str:
 def read_run(run_dir: str | Path, method: str | None = None) -> RunRecord:
     """Read a run folder's ``metrics.csv`` (and ``config.yaml`` for seed, epochs and budget).
 
-    The record's config has its ``EXPERIMENT.TAG`` as :func:`run_label` gives it (the TAG of a
-    run whose method or models were overridden names the ones it trained).
-
     Args:
         run_dir: the folder.
-        method: the label; default the config's ``EXPERIMENT.NAME`` or (corrected) ``TAG``.
+        method: the label; default the config's ``EXPERIMENT.NAME``, else its :func:`run_label`
+            (the TAG, or the method and models the run trained where the TAG names others).
 
     Raises:
         FileNotFoundError: no ``metrics.csv``.
@@ -227,22 +229,49 @@ def read_run(run_dir: str | Path, method: str | None = None) -> RunRecord:
         cfg = yaml.safe_load(cfg_file.read_text()) or {}
     seed = int(cfg.get("EXPERIMENT", {}).get("SEED", 0)) if cfg else 0
     planned = int(cfg["SOLVER"]["EPOCHS"]) if cfg else epochs[-1]
-    exp = cfg.get("EXPERIMENT") if cfg else None
-    if isinstance(exp, dict) and exp.get("TAG"):
-        exp["TAG"] = run_label(cfg)  # what grouping by TAG reads: the models and method the run trained
     if method is None:
         exp = cfg.get("EXPERIMENT", {}) if cfg else {}
-        method = str(exp.get("NAME") or exp.get("TAG") or run_dir.name)
+        method = str(exp.get("NAME") or (run_label(cfg) if cfg else "") or run_dir.name)
     budget = budget_of(cfg) if cfg else ""
     return RunRecord(method, seed, epochs, acc, planned, budget, run_dir, cfg)
 
 
-def aggregate(records: Iterable[RunRecord], order: Sequence[str] | None = None) -> list[MethodSummary]:
-    """Group runs by method; mean and sample std (N - 1) of best and last top-1 per method, and
-    the published number of the method's experiment when its runs share one.
+def _written_at(r: RunRecord) -> float:
+    try:
+        return (r.run_dir / "metrics.csv").stat().st_mtime if r.run_dir is not None else 0.0
+    except OSError:
+        return 0.0
 
-    ``order`` lists methods in the order wanted (others follow in first-seen order). Runs of
-    one method with different budgets raise ``ValueError`` (they would not be comparable).
+
+def one_run_per_seed(records: Iterable[RunRecord]) -> tuple[list[RunRecord], list[str]]:
+    """``(records with one run per (method, seed), one warning line per seed that had several)``.
+
+    Of several runs of one seed under one method the one kept is the one that logged the most
+    epochs, and of those the latest (``metrics.csv`` written last): a repeat is the same
+    experiment again, not another seed, so it must not count in N."""
+    records = list(records)
+    by: dict[tuple[str, int], list[RunRecord]] = {}
+    for r in records:
+        by.setdefault((r.method, r.seed), []).append(r)
+    keep: set[int] = set()
+    warnings = []
+    for (method, seed), runs in by.items():
+        chosen = max(runs, key=lambda r: (len(r.epochs), _written_at(r)))
+        keep.add(id(chosen))
+        if len(runs) > 1:
+            folders = ", ".join(str(r.run_dir) for r in runs)
+            warnings.append(f"{method}: {len(runs)} runs of seed {seed} ({folders}); counted once, as "
+                            f"{chosen.run_dir} (the most epochs, then the latest)")
+    return [r for r in records if id(r) in keep], warnings
+
+
+def aggregate(records: Iterable[RunRecord], order: Sequence[str] | None = None) -> list[MethodSummary]:
+    """Group runs by method; mean and sample std (N - 1, N the number of seeds) of best and last
+    top-1 per method, and the published number of the method's experiment when its runs share one.
+
+    ``order`` lists methods in the order wanted (others follow in first-seen order). Several runs
+    of one seed count once (:func:`one_run_per_seed`; the summary's ``repeated`` says which).
+    Runs of one method with different budgets raise ``ValueError`` (they would not be comparable).
     """
     groups: dict[str, list[RunRecord]] = {}
     for r in records:
@@ -250,17 +279,17 @@ def aggregate(records: Iterable[RunRecord], order: Sequence[str] | None = None) 
     names = [m for m in (order or []) if m in groups] + [m for m in groups if m not in (order or [])]
     out = []
     for name in names:
-        runs = groups[name]
-        budgets = sorted({r.budget for r in runs})
+        budgets = sorted({r.budget for r in groups[name]})  # before repeats are dropped: all must agree
         if len(budgets) > 1:
             raise ValueError(f"method {name!r}: runs with different budgets cannot be averaged: {budgets}")
+        runs, repeated = one_run_per_seed(groups[name])
         bm, bs = mean_std([r.best for r in runs])
         lm, ls = mean_std([r.last for r in runs])
         keys = {r.key for r in runs}
         key = keys.pop() if len(keys) == 1 else None
         out.append(MethodSummary(name, len(runs), bm, bs, lm, ls, budgets[0], sorted(r.seed for r in runs),
                                  sum(not r.complete for r in runs), [r.best for r in runs], [r.last for r in runs],
-                                 lookup(*key) if key is not None else None))
+                                 lookup(*key) if key is not None else None, repeated))
     return out
 
 
@@ -330,6 +359,9 @@ def table_notes(summaries: Sequence[MethodSummary], paired: Sequence[PairedDiff]
              "'best' is the highest epoch of each run (what the papers report), 'last' its final epoch. "
              "95% CI: t-interval of the best-epoch mean over seeds, mean ± t(0.975, n - 1) · s / √n, clipped "
              "to the accuracy range [0, 100]."]
+    if any(s.repeated for s in summaries):
+        lines.append("Runs count seeds: where an experiment has several runs of one seed, the one that logged the "
+                     "most epochs (of those, the latest) stands for that seed and the others are left out.")
     if paired:
         lines.append(f"Δ: paired by seed, each method's top-1 minus {paired[0].baseline}'s in the run of the same "
                      "seed (same data order and augmentations), mean and 95% t-interval over the seeds both ran; "

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from sldistill.report import RunRecord
+from sldistill.report import RunRecord, run_label
 
 __all__ = ["add_teachers_parser", "add_report_parser", "cmd_teachers_list", "cmd_teachers_download",
            "cmd_teachers_verify", "cmd_report", "find_runs", "group_records", "fingerprint", "RUN_ONLY_KEYS"]
@@ -189,8 +189,12 @@ RUN_ONLY_KEYS = ("EXPERIMENT.SEED", "EXPERIMENT.NAME", "EXPERIMENT.PROJECT", "EX
 
 
 def fingerprint(config: dict[str, Any]) -> str:
-    """A run's config without :data:`RUN_ONLY_KEYS`, as canonical JSON."""
+    """A run's config without :data:`RUN_ONLY_KEYS`, its ``EXPERIMENT.TAG`` as :func:`run_label`
+    gives it (a TAG naming other models than those trained does not split an experiment), as
+    canonical JSON."""
     cfg = json.loads(json.dumps(config, default=str))
+    if isinstance(cfg.get("EXPERIMENT"), dict) and cfg["EXPERIMENT"].get("TAG"):
+        cfg["EXPERIMENT"]["TAG"] = run_label(config)
     for dotted in RUN_ONLY_KEYS:
         *parents, last = dotted.split(".")
         node = cfg
@@ -223,7 +227,7 @@ def group_records(records: Sequence[RunRecord], by: str = "config") -> list[RunR
     (the parent folder's name, as in a sweep's ``<out>/<method>/seed<S>``)."""
     def tag(r: RunRecord) -> str:
         exp = r.config.get("EXPERIMENT", {})
-        return str(exp.get("TAG") or exp.get("NAME") or (r.run_dir.name if r.run_dir else r.method))
+        return str(run_label(r.config) or exp.get("NAME") or (r.run_dir.name if r.run_dir else r.method))
 
     if by == "tag":
         labels = [tag(r) for r in records]
@@ -266,11 +270,15 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Run ``sldistill report``."""
-    from sldistill.report import aggregate, markdown_table, read_run, table_notes, write_summary_csv
+    from sldistill.report import aggregate, markdown_table, one_run_per_seed, read_run, table_notes, write_summary_csv
     from sldistill.sweep import paired_differences
 
     records = group_records([read_run(d) for d in find_runs(args.runs)], by=args.group_by)
     summaries = aggregate(records)
+    for s in summaries:
+        for line in s.repeated:
+            print(f"sldistill report: warning: {line}", file=sys.stderr)
+    records = one_run_per_seed(records)[0]  # as aggregate counted them
     paired = (paired_differences(records, args.baseline, "best") + paired_differences(records, args.baseline, "last")
               if args.baseline else [])
     text = "\n\n".join([markdown_table(summaries, paired=paired), *table_notes(summaries, paired)])

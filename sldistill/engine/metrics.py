@@ -2,7 +2,8 @@
 
 Only rank 0 creates a :class:`MetricLogger` that writes; other ranks get a silent one.
 Files in the run folder: ``metrics.csv`` (one row per epoch; the header grows if new
-columns appear, by rewriting the file), ``metrics.jsonl`` (one JSON object per epoch),
+columns appear, by rewriting the file), ``metrics.jsonl`` (one JSON object per epoch; both
+drop the rows of epochs a resumed run trains again, see :meth:`MetricLogger.drop_epochs_from`),
 ``tb/`` (TensorBoard events, when ``LOG.TENSORBOARD`` and tensorboard is installed) and
 ``log.txt`` (the printed lines).
 
@@ -196,16 +197,36 @@ class MetricLogger:
         if self.enabled and self._tb is not None:
             self._tb.add_scalar(tag, value, step)
 
-    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Append one epoch's metrics to the CSV/JSONL files and TensorBoard."""
+    def drop_epochs_from(self, epoch: int) -> None:
+        """Forget the rows of ``epoch`` and later in ``metrics.csv`` and ``metrics.jsonl`` (a
+        resumed run trains them again and logs them anew; called on resume with the first epoch
+        it trains, and by :meth:`log_epoch`). Each file is rewritten, atomically, only when it
+        holds such rows."""
         if not self.enabled or self.run_dir is None:
             return
-        row = {"epoch": int(epoch), **{k: _plain(v) for k, v in metrics.items()}}
-        # drop rows of this epoch or later (a resumed run re-logs them)
-        self._rows = [r for r in self._rows if int(r.get("epoch", 0)) < epoch]
-        self._rows.append(row)
-        new_cols = [k for k in row if k not in self._columns]
-        self._columns.extend(new_cols)
+        kept = [r for r in self._rows if _epoch_of(r) < epoch]
+        if len(kept) != len(self._rows):
+            self._rows = kept
+            self._write_csv()
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict) or _epoch_of(row) < epoch:  # an unreadable line is kept as it is
+                keep.append(line)
+        if len(keep) != len(lines):
+            tmp = self.run_dir / ".metrics.jsonl.tmp"
+            tmp.write_text("".join(line + "\n" for line in keep))
+            tmp.replace(path)
+
+    def _write_csv(self) -> None:
+        assert self.run_dir is not None
         tmp = self.run_dir / ".metrics.csv.tmp"
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self._columns, extrasaction="ignore")
@@ -213,6 +234,18 @@ class MetricLogger:
             for r in self._rows:
                 writer.writerow(r)
         tmp.replace(self.run_dir / "metrics.csv")
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Append one epoch's metrics to the CSV/JSONL files and TensorBoard (rows of this epoch
+        or later already there, from before a resume, are dropped first)."""
+        if not self.enabled or self.run_dir is None:
+            return
+        row = {"epoch": int(epoch), **{k: _plain(v) for k, v in metrics.items()}}
+        self.drop_epochs_from(epoch)
+        self._rows.append(row)
+        new_cols = [k for k in row if k not in self._columns]
+        self._columns.extend(new_cols)
+        self._write_csv()
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             # strict JSON: a non-finite number (a diverged test loss) is written as null
             f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -239,6 +272,13 @@ class MetricLogger:
         if self._wandb is not None:
             run, self._wandb = self._wandb, None
             run.finish(exit_code=exit_code)
+
+
+def _epoch_of(row: Mapping[str, Any]) -> int:
+    try:
+        return int(row.get("epoch", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _plain(v: Any) -> Any:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sldistill.distillers.base import Distiller
-from sldistill.engine.checkpoint import LATEST, load_checkpoint
+from sldistill.engine.checkpoint import BEST, LATEST, load_checkpoint
 from sldistill.engine.config import run_dir as config_run_dir
 from sldistill.engine.config import save_config, unreleased_reason
 from sldistill.engine.distributed import (
@@ -29,7 +29,15 @@ from sldistill.engine.distributed import (
     resolve_device,
 )
 from sldistill.engine.metrics import MetricLogger, evaluate, wandb_options
-from sldistill.engine.rundir import RunFolderError, RunLock, clear_run, config_changes, flat_config, run_state
+from sldistill.engine.rundir import (
+    RunFolderError,
+    RunLock,
+    batch_order_changes,
+    clear_run,
+    config_changes,
+    flat_config,
+    run_state,
+)
 from sldistill.engine.trainer import STOP, StopFlag, Trainer, TrainResult, amp_dtype
 
 __all__ = ["seed_everything", "set_determinism", "train", "evaluate_checkpoint", "check_run_config"]
@@ -90,7 +98,9 @@ def build_distiller_for(cfg: Any, num_classes: int, num_train: int | None = None
     kwargs = {}
     if num_train is not None and "num_data" in inspect.signature(cls.__init__).parameters:
         kwargs["num_data"] = int(num_train)
-    return cls(student, teacher, cfg, **kwargs)
+    distiller = cls(student, teacher, cfg, **kwargs)
+    distiller.num_classes = int(num_classes)  # forward_train's logits are checked against it, teacher or not
+    return distiller
 
 
 def attach_teacher_cache(cfg: Any, distiller: Distiller, datasets: Any = None) -> Any:
@@ -140,10 +150,22 @@ def _method_sections(cfg: Any) -> tuple[str, ...]:
     return tuple(sorted({k.split(".")[0] for k in keys} - set(SECTION_ORDER)))
 
 
-def plan_run_folder(cfg: Any, run_dir: Path, resume: bool, overwrite: bool, allow_config_change: bool) -> FolderPlan:
-    """Refuse what would lose a result: a folder holding a run without ``--resume`` or
-    ``--overwrite``; a resume that changes the models, method, data or seed without
-    ``--allow-config-change``. Reads only; raises :class:`RunFolderError`."""
+def plan_run_folder(cfg: Any, run_dir: Path, resume: bool, overwrite: bool, allow_config_change: bool,
+                    world_size: int = 1) -> FolderPlan:
+    """Refuse what would lose a result, reading only (raises :class:`RunFolderError`):
+
+    * a folder another live run holds (``run.lock``; checked first, whatever the options);
+    * a folder holding a run, without ``--resume`` or ``--overwrite``;
+    * a resume that changes the models, method, data or seed without ``--allow-config-change``;
+    * a resume in the middle of an epoch that changes that epoch's batches (batch size, process
+      count, ...: :func:`~sldistill.engine.rundir.batch_order_changes`): the resumed epoch
+      replays its first batches, so it needs them unchanged;
+    * a resume of an unfinished run with a ``SOLVER.EPOCHS`` it has already reached (the run was
+      extended and the resume does not repeat the longer ``SOLVER.EPOCHS``). The config given is
+      the one used: a resume does not take ``SOLVER.EPOCHS`` from the checkpoint, as it cannot
+      tell a value left at its default from one given on purpose.
+    """
+    RunLock(run_dir).check()
     state = run_state(run_dir)
     plan = FolderPlan()
     if resume:
@@ -153,7 +175,8 @@ def plan_run_folder(cfg: Any, run_dir: Path, resume: bool, overwrite: bool, allo
             raise RunFolderError(f"--resume: no {LATEST} in {run_dir} ({state.describe()}): nothing to resume; "
                                  f"{what}")
         ckpt = load_checkpoint(latest)
-        plan.changes, protected = config_changes(ckpt.get("cfg", {}), cfg, _method_sections(cfg))
+        old_cfg = ckpt.get("cfg", {}) or {}
+        plan.changes, protected = config_changes(old_cfg, cfg, _method_sections(cfg))
         if protected and not allow_config_change:
             raise RunFolderError(
                 f"--resume: the config differs from the one {run_dir} was trained with in "
@@ -161,7 +184,23 @@ def plan_run_folder(cfg: Any, run_dir: Path, resume: bool, overwrite: bool, allo
                 "that would continue the run as a different experiment. Use --allow-config-change to do it "
                 "anyway, or train into another folder (EXPERIMENT.NAME)")
         epoch = int(ckpt.get("epoch", 0))
-        if not ckpt.get("interrupted") and epoch >= int(cfg.SOLVER.EPOCHS):
+        if ckpt.get("interrupted"):
+            order = batch_order_changes(old_cfg, cfg, int(ckpt.get("world_size", 1) or 1), world_size)
+            if order:
+                raise RunFolderError(
+                    f"--resume: {run_dir} stopped in the middle of epoch {epoch + 1} (after "
+                    f"{int(ckpt.get('iteration', 0))} batches), and this start changes that epoch's batches: "
+                    f"{'; '.join(order)}. A mid-epoch resume replays the epoch's batches up to the interrupt, so "
+                    "resume with the old values; a resume at an epoch boundary may change them (with "
+                    "--allow-config-change)")
+        planned = int(flat_config(old_cfg).get("SOLVER.EPOCHS", epoch) or epoch)
+        if epoch >= int(cfg.SOLVER.EPOCHS):
+            if planned > epoch:  # not finished: it was training to more epochs than this config asks for
+                where = f"in epoch {epoch + 1}" if ckpt.get("interrupted") else f"after epoch {epoch}"
+                raise RunFolderError(
+                    f"--resume: {run_dir} stopped {where} of {planned} (the SOLVER.EPOCHS it was training with), "
+                    f"and this config has SOLVER.EPOCHS {int(cfg.SOLVER.EPOCHS)}, which leaves nothing to train: "
+                    f"pass SOLVER.EPOCHS {planned} to continue it; nothing changed")
             plan.finished_epoch = epoch
     elif overwrite:
         if state.exists:
@@ -239,8 +278,9 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
     """Train as ``cfg`` says, in this process (one of ``WORLD_SIZE`` under torchrun).
 
     The run folder is checked first (see :func:`plan_run_folder`) and locked (``run.lock``)
-    for the run; then data, models and distiller are built, the config is saved as
-    ``config.yaml`` and :class:`Trainer` runs. A start that fails before training removes
+    for the run; then data, models, distiller and :class:`Trainer` are built (a resume puts the
+    checkpoint back), the config is saved as ``config.yaml`` (on resume only once accepted, and
+    only when it changed) and the trainer runs. A start that fails before training removes
     the folder it created, and the (empty) parents it created for it. ``overwrite`` replaces a
     run in the folder; ``resume`` continues it.
     """
@@ -249,13 +289,13 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
     dist_info: DistInfo = init_distributed(str(cfg.EXPERIMENT.DEVICE))
     run_dir = Path(config_run_dir(cfg))
     lock: RunLock | None = None
-    created = started = False
+    created = started = failed = False
     new_dirs: list[Path] = []
     try:
         per_proc = check_run_config(cfg, dist_info.device, dist_info.world_size)
         wandb_opts = wandb_options(cfg, resumed=resume)  # a missing package stops every rank here
         plan: FolderPlan = _on_rank0(dist_info, lambda: plan_run_folder(cfg, run_dir, resume, overwrite,
-                                                                        allow_config_change))
+                                                                        allow_config_change, dist_info.world_size))
         if plan.finished_epoch is not None:
             if dist_info.is_main:
                 print(f"{run_dir}: already finished at epoch {plan.finished_epoch}; nothing changed "
@@ -275,11 +315,8 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
         cache = attach_teacher_cache(cfg, distiller, loaders.datasets)
         if dist_info.rank:  # different augmentation streams per process, same initial weights
             seed_everything(seed + dist_info.rank)
-        if dist_info.is_main:
-            if overwrite:
-                clear_run(run_dir)
-            if not resume or plan.changes:
-                save_config(cfg, run_dir / "config.yaml")
+        if dist_info.is_main and overwrite:
+            clear_run(run_dir)
         logger = MetricLogger(run_dir, tensorboard=bool(cfg.LOG.TENSORBOARD), enabled=dist_info.is_main,
                               wandb=wandb_opts)
         notices = [lock.notice] if lock is not None and lock.notice else []
@@ -308,6 +345,11 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
                           train_sampler=loaders.train_sampler, resume=resume, log_interval=log_interval,
                           stop_after_epoch=stop_after_epoch, stop_flag=stop_flag, logger=logger,
                           num_classes=loaders.num_classes)
+        # the checkpoint is back in place: only now is a resume accepted, and config.yaml rewritten
+        if resume:
+            logger.drop_epochs_from(trainer.start_epoch)  # re-run epochs are logged once
+        if dist_info.is_main and (not resume or plan.changes):
+            save_config(cfg, run_dir / "config.yaml")
         started = True
         result = trainer.fit()
         # every rank finishes before the group is torn down: a gloo rank that destroys it
@@ -315,6 +357,7 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
         barrier()
         return result
     except BaseException:
+        failed = True
         if created and not started and run_dir.is_dir():
             shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves no half-made folder
             lock = None
@@ -322,7 +365,7 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
         raise
     finally:
         if lock is not None:
-            lock.release()
+            lock.release(raise_errors=not failed)  # never in place of the exception on its way
         cleanup_distributed()
 
 
@@ -337,7 +380,11 @@ def evaluate_checkpoint(cfg: Any, model_name: str, ckpt: str | Path, *, strict: 
         torch.cuda.set_device(device)  # before the loaders: pinned memory and workers use the current device
     ckpt = Path(ckpt)
     if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+        hint = ""
+        if ckpt.name == BEST and (ckpt.parent / LATEST).is_file():
+            hint = (f"; the run has {LATEST} but no {BEST} yet (no epoch finished?): pass --which latest to "
+                    "evaluate its latest checkpoint")
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}{hint}")
     seed = int(cfg.EXPERIMENT.SEED)
     ds = build_datasets(cfg, seed=seed)  # and no training loader: its batching does not concern evaluation
     val = build_val_loader(cfg, ds, device=device, seed=seed)

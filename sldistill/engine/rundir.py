@@ -6,7 +6,8 @@
   killed run (its process is gone) is reported as stale and only replaced when the user
   asked to continue (``--resume``) or replace (``--overwrite``) the run, saying so.
 * :func:`config_changes` lists what a resumed config changes against the checkpoint's, and
-  which of those changes alter the experiment itself (models, method, data, seed).
+  which of those changes alter the experiment itself (models, method, data, seed);
+  :func:`batch_order_changes` those that change an epoch's batches (refused mid-epoch).
 """
 from __future__ import annotations
 
@@ -14,18 +15,19 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 __all__ = ["RunState", "run_state", "RunLock", "RunFolderError", "config_changes", "PROTECTED", "clear_run",
-           "flat_config"]
+           "flat_config", "BATCH_ORDER_KEYS", "batch_order_changes"]
 
 LOCK = "run.lock"
 #: the files a run writes (``--overwrite`` removes them, nothing else)
 RUN_FILES = ("latest.pth", "best.pth", "config.yaml", "metrics.csv", "metrics.jsonl", "summary.json", "log.txt",
-             ".metrics.csv.tmp", "wandb_id.txt")
+             ".metrics.csv.tmp", ".metrics.jsonl.tmp", "wandb_id.txt")
 
 
 class RunFolderError(ValueError):
@@ -113,13 +115,19 @@ class RunLock:
             return self
         raise RunFolderError(f"{self.path.parent}: could not take {LOCK}")
 
-    def _handle_existing(self) -> None:
+    def _holder(self) -> tuple[int, str, str]:
         try:
             holder = json.loads(self.path.read_text() or "{}")
         except (OSError, ValueError):
             holder = {}
-        pid, host = int(holder.get("pid", -1) or -1), str(holder.get("host", "?"))
-        since = holder.get("started", "?")
+        return int(holder.get("pid", -1) or -1), str(holder.get("host", "?")), str(holder.get("started", "?"))
+
+    def check(self) -> None:
+        """Raise :class:`RunFolderError` when another run holds the lock: a live process here,
+        or a process on another host. No lock, or a stale one, passes (``acquire`` deals with it)."""
+        if not self.path.is_file():
+            return
+        pid, host, since = self._holder()
         folder = self.path.parent
         if host != socket.gethostname():
             raise RunFolderError(f"run folder {folder} is locked by a run on host {host} (pid {pid}, since {since}); "
@@ -127,6 +135,11 @@ class RunLock:
         if pid > 0 and _pid_alive(pid):
             raise RunFolderError(f"run folder {folder} is in use by another run (pid {pid}, since {since}); wait for "
                                  "it to end, or give this run another EXPERIMENT.NAME")
+
+    def _handle_existing(self) -> None:
+        self.check()
+        pid, _, since = self._holder()
+        folder = self.path.parent
         if not self.take_stale:
             raise RunFolderError(f"run folder {folder} has a stale lock: the run that held it (pid {pid}, since "
                                  f"{since}) is not running any more (killed?); --resume continues that run, "
@@ -134,16 +147,25 @@ class RunLock:
         self.notice = f"replaced the stale lock of pid {pid} (since {since}) in {folder}"
         self.path.unlink(missing_ok=True)
 
-    def release(self) -> None:
-        if self.held:
+    def release(self, raise_errors: bool = True) -> None:
+        """Remove the lock. ``raise_errors=False`` (an exception is already on its way): a
+        failure to remove it is one warning line on stderr, never an exception masking that one."""
+        if not self.held:
+            return
+        self.held = False
+        try:
             self.path.unlink(missing_ok=True)
-            self.held = False
+        except OSError as exc:
+            if raise_errors:
+                raise
+            print(f"warning: could not remove {self.path} ({exc.strerror or exc}); a later --resume or --overwrite "
+                  "replaces it", file=sys.stderr)
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
 
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.release(raise_errors=exc_type is None)
 
 
 def clear_run(folder: str | os.PathLike) -> list[str]:
@@ -198,3 +220,21 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], method_sectio
         if key in PROTECTED or top in method_sections:
             protected.append(key)
     return lines, protected
+
+
+#: dotted keys that fix the order and size of an epoch's batches (besides the process count): a
+#: mid-epoch resume replays the epoch's batches up to the interrupt, so it needs them unchanged
+BATCH_ORDER_KEYS = ("SOLVER.BATCH_SIZE", "DATASET.DROP_LAST", "EXPERIMENT.SEED", "DATASET.TRAIN_SUBSET",
+                    "DATASET.SUBSET_SEED", "DATASET.TYPE")
+
+
+def batch_order_changes(old: Mapping[str, Any], new: Mapping[str, Any], old_world: int, new_world: int
+                        ) -> list[str]:
+    """What changes an epoch's batches between a checkpoint's config and process count and
+    these, as ``'KEY old -> new'`` lines (the process count as ``'processes (world size) ...'``).
+    A key that one of the configs lacks (an older version's checkpoint) is not compared."""
+    a, b = flat_config(old), flat_config(new)
+    lines = [f"{k} {a[k]!r} -> {b[k]!r}" for k in BATCH_ORDER_KEYS if k in a and k in b and a[k] != b[k]]
+    if old_world != new_world:
+        lines.append(f"processes (world size) {old_world} -> {new_world}")
+    return lines
