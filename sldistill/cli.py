@@ -377,7 +377,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Run ``sldistill sweep``."""
     import shlex
 
-    from sldistill.sweep import run_sweep
+    from sldistill.sweep import SweepInterrupted, run_sweep
 
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] or None
     command = "sldistill " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["sweep"] else ""
@@ -385,9 +385,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     load_cli_plugins(args.plugin or [], opts)
     if args.plugin:  # every run's config names them: a run in a subprocess imports them too
         opts += ["EXPERIMENT.PLUGINS", ",".join(args.plugin)]
-    res = run_sweep(args.cfg, args.seeds, opts, out=args.out, base=args.base,
-                    first_seed=args.first_seed, labels=args.label, devices=devices, rerun=args.rerun,
-                    command=command, baseline=args.baseline, teacher_cache=args.teacher_cache)
+    try:
+        res = run_sweep(args.cfg, args.seeds, opts, out=args.out, base=args.base,
+                        first_seed=args.first_seed, labels=args.label, devices=devices, rerun=args.rerun,
+                        command=command, baseline=args.baseline, teacher_cache=args.teacher_cache)
+    except SweepInterrupted as exc:  # the sweep said where it stopped; 130 / 143 as for train
+        return exc.code
     print(res.table)
     print("std: sample standard deviation (N - 1) over seeds; written: "
           + ", ".join(str(p) for p in res.files.values()))

@@ -32,11 +32,19 @@ configuration (``summary.json`` and the same ``config.yaml``) is reused (and sai
 unfinished one is resumed, so an interrupted sweep continues where it stopped; a run of a
 *different* configuration is never replaced: the sweep stops, naming the folder and the keys
 that differ, unless ``rerun`` is set (then every run is trained again, replacing what is there).
+
+SIGINT / SIGTERM stop a sweep as they stop ``sldistill train``: the running run (in this process,
+or each ``train`` subprocess, to which the signal is forwarded and which is waited for) finishes
+its iteration, saves ``latest.pth`` with its mid-epoch position and releases its lock; no new run
+starts; one line names the finished, interrupted and unstarted runs, and :class:`SweepInterrupted`
+makes ``sldistill sweep`` exit with 130 / 143. Running the same sweep command again continues the interrupted
+runs mid-epoch (a second SIGINT stops at once, without saving).
 """
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -57,8 +65,8 @@ from sldistill.report import (
     write_summary_csv,
 )
 
-__all__ = ["SweepJob", "SweepResult", "PairedDiff", "plan_sweep", "run_sweep", "summarize_runs", "paired_differences",
-           "unpaired_seeds", "write_sweep_report", "sweep_devices"]
+__all__ = ["SweepJob", "SweepResult", "PairedDiff", "SweepInterrupted", "plan_sweep", "run_sweep", "summarize_runs",
+           "paired_differences", "unpaired_seeds", "write_sweep_report", "sweep_devices"]
 
 
 @dataclass
@@ -104,6 +112,44 @@ class SweepResult:
     table: str
     files: dict[str, Path] = field(default_factory=dict)
     paired: list[PairedDiff] = field(default_factory=list)
+
+
+class SweepInterrupted(Exception):
+    """A stop signal ended the sweep; ``code`` is 128 + the signal number (130 SIGINT, 143
+    SIGTERM), the exit status ``sldistill sweep`` returns."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"sweep stopped by a signal (exit status {code})")
+        self.code = code
+
+
+@dataclass
+class _Progress:
+    """What became of a sweep's runs: finished (reused or trained now), interrupted, failed
+    (with a description), not started."""
+
+    finished: list[SweepJob] = field(default_factory=list)
+    interrupted: list[SweepJob] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    not_started: list[SweepJob] = field(default_factory=list)
+
+
+def _names(jobs: Sequence[SweepJob]) -> str:
+    return ", ".join(f"{j.method} seed {j.seed}" for j in jobs) or "none"
+
+
+def _stopped(signum: int, progress: _Progress) -> SweepInterrupted:
+    """Print the one line saying where the sweep stopped; the exception that ends it."""
+    parts = [f"finished: {_names(progress.finished)}",
+             "interrupted: " + (", ".join(f"{j.method} seed {j.seed} (in {j.run_dir})" for j in progress.interrupted)
+                                or "none")]
+    if progress.failed:
+        parts.append("failed: " + "; ".join(progress.failed))
+    if progress.not_started:
+        parts.append(f"not started: {_names(progress.not_started)}")
+    print(f"[sweep] stopped by {signal.Signals(signum).name}: {'; '.join(parts)}; run the same sweep command "
+          "again to continue", file=sys.stderr, flush=True)
+    return SweepInterrupted(128 + signum)
 
 
 def _label(cfg: Any) -> str:
@@ -228,40 +274,72 @@ def _launch_subprocess(job: SweepJob, device: str, log: Path) -> subprocess.Pope
     f = open(log, "w")  # noqa: SIM115 - closed when the process ends
     cmd = [sys.executable, "-m", "sldistill", "train", "--cfg", str(cfg_file), "EXPERIMENT.DEVICE", device,
            *{"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(getattr(job, "mode", "train"), [])]
-    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "SLDISTILL_DEBUG": "1"})
+    # its own session: a Ctrl-C on the terminal reaches the sweep only, which forwards it once
+    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "SLDISTILL_DEBUG": "1"},
+                            start_new_session=True)
     proc._sweep_log = f  # type: ignore[attr-defined]
     return proc
 
 
 def _run_parallel(jobs: Sequence[SweepJob], devices: Sequence[str], out: Path,
                   launch: Callable[[SweepJob, str, Path], subprocess.Popen] = _launch_subprocess,
-                  poll: float = 2.0) -> None:
-    """Run ``jobs`` as subprocesses, one per device at a time; raise if any fails."""
+                  poll: float = 2.0, stop: Any = None) -> _Progress:
+    """Run ``jobs`` as subprocesses, one per device at a time; raise if any fails.
+
+    When ``stop`` (default: the SIGINT/SIGTERM flag) is set, no further run starts, the signal
+    goes to every running subprocess, and those are waited for; the returned progress says
+    what became of each run (failures then do not raise)."""
+    from sldistill.engine.control import STOP
+
+    flag = STOP if stop is None else stop
     logs = out / "_launch"
     logs.mkdir(parents=True, exist_ok=True)
     pending = list(jobs)
     running: dict[str, tuple[SweepJob, subprocess.Popen]] = {}
-    failed: list[str] = []
-    while pending or running:
+    progress = _Progress()
+
+    def ended(job: SweepJob, proc: subprocess.Popen, rc: int, signum: int | None = None) -> None:
+        f = getattr(proc, "_sweep_log", None)
+        if f is not None:
+            f.close()
+        if rc == 0:
+            progress.finished.append(job)
+        elif signum is not None and rc in (128 + signum, -signum):  # saved and stopped, or killed while starting
+            progress.interrupted.append(job)
+        else:
+            progress.failed.append(f"{job.method} seed {job.seed} (exit {rc}; log "
+                                   f"{logs / f'{job.method}_seed{job.seed}.log'})")
+
+    while (pending or running) and not flag:
         for dev in devices:
             if dev not in running and pending:
                 job = pending.pop(0)
                 print(f"[sweep] {job.method} seed {job.seed} on {dev}", flush=True)
                 running[dev] = (job, launch(job, dev, logs / f"{job.method}_seed{job.seed}.log"))
-        time.sleep(poll)
+        deadline = time.monotonic() + poll
+        while not flag and time.monotonic() < deadline:  # short naps: a stop is forwarded at once
+            time.sleep(min(0.1, poll))
         for dev, (job, proc) in list(running.items()):
             rc = proc.poll()
-            if rc is None:
-                continue
-            f = getattr(proc, "_sweep_log", None)
-            if f is not None:
-                f.close()
-            if rc != 0:
-                log = logs / f"{job.method}_seed{job.seed}.log"
-                failed.append(f"{job.method} seed {job.seed} (exit {rc}; log {log})")
-            del running[dev]
-    if failed:
-        raise RuntimeError("sweep runs failed: " + "; ".join(failed))
+            if rc is not None:
+                ended(job, proc, rc)
+                del running[dev]
+    if flag.signum is not None:
+        signum = flag.signum
+        progress.not_started = pending
+        for _, proc in running.values():
+            proc.send_signal(signum)
+        try:
+            for job, proc in running.values():
+                ended(job, proc, proc.wait(), signum)
+        except KeyboardInterrupt:  # a second Ctrl-C: the runs stop at once too, without saving
+            for _, proc in running.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+            raise
+    elif progress.failed:
+        raise RuntimeError("sweep runs failed: " + "; ".join(progress.failed))
+    return progress
 
 
 def paired_differences(records: Sequence[RunRecord], baseline: str, which: str = "best") -> list[PairedDiff]:
@@ -355,6 +433,30 @@ def write_sweep_report(summaries: Sequence[MethodSummary], records: Sequence[Run
     return files
 
 
+def _run_in_process(todo: Sequence[SweepJob], device: str | None, train_fn: Callable[..., Any],
+                    stop: Any) -> _Progress:
+    """Train ``todo`` one after another in this process until ``stop`` is set."""
+    progress = _Progress()
+    for i, job in enumerate(todo, 1):
+        if stop:
+            progress.not_started = list(todo[i - 1:])
+            break
+        print(f"[sweep] run {i}/{len(todo)}: {job.method} seed {job.seed} -> {job.run_dir}", flush=True)
+        if device is not None:
+            from sldistill.engine.config import merge_overrides
+
+            merge_overrides(job.cfg, [("EXPERIMENT.DEVICE", device)], source="<sweep>")
+        result = train_fn(job.cfg, resume=job.mode == "resume", overwrite=job.mode == "overwrite")
+        if result.status == "interrupted" and stop:
+            progress.interrupted.append(job)
+            progress.not_started = list(todo[i:])
+            break
+        if result.status != "finished":
+            raise RuntimeError(f"{job.method} seed {job.seed} ended {result.status!r}; rerun the sweep to continue")
+        progress.finished.append(job)
+    return progress
+
+
 def run_sweep(cfg_files: Sequence[str | Path], seeds: int | Sequence[int], overrides: Sequence[str] = (), *,
               out: str | Path = "runs/sweep", base: str | None = None, first_seed: int = 0,
               labels: Sequence[str] | None = None, devices: Sequence[str] | None = None, rerun: bool = False,
@@ -376,6 +478,7 @@ def run_sweep(cfg_files: Sequence[str | Path], seeds: int | Sequence[int], overr
 
     Raises:
         ValueError: ``baseline`` is not one of the methods (before anything is trained).
+        SweepInterrupted: SIGINT / SIGTERM stopped the runs (see module docs).
     """
     out = Path(out)
     jobs = plan_sweep(cfg_files, seeds, overrides, out=out, base=base, first_seed=first_seed, labels=labels)
@@ -401,18 +504,20 @@ def run_sweep(cfg_files: Sequence[str | Path], seeds: int | Sequence[int], overr
             print(f"[sweep] {job.method} seed {job.seed}: resuming the unfinished run in {job.run_dir}", flush=True)
         todo.append(job)
     devs = sweep_devices(jobs[0].cfg, devices)
-    if len(devs) > 1:
-        _run_parallel(todo, devs, out)
-    else:
-        for i, job in enumerate(todo, 1):
-            print(f"[sweep] run {i}/{len(todo)}: {job.method} seed {job.seed} -> {job.run_dir}", flush=True)
-            if devs:
-                from sldistill.engine.config import merge_overrides
+    from sldistill.engine.control import STOP, install_signal_handlers
 
-                merge_overrides(job.cfg, [("EXPERIMENT.DEVICE", devs[0])], source="<sweep>")
-            result = train_fn(job.cfg, resume=job.mode == "resume", overwrite=job.mode == "overwrite")
-            if result.status != "finished":
-                raise RuntimeError(f"{job.method} seed {job.seed} ended {result.status!r}; rerun the sweep to continue")
+    STOP.clear()
+    restore = install_signal_handlers(STOP)  # a stop signal: the running run saves, no new one starts
+    try:
+        if len(devs) > 1:
+            progress = _run_parallel(todo, devs, out, stop=STOP)
+        else:
+            progress = _run_in_process(todo, devs[0] if devs else None, train_fn, STOP)
+    finally:
+        restore()
+    if STOP.signum is not None and (progress.interrupted or progress.not_started or progress.failed):
+        progress.finished[:0] = [j for j in jobs if j.mode == "reuse"]
+        raise _stopped(STOP.signum, progress)
     summaries, records = summarize_runs(jobs)
     files = write_sweep_report(summaries, records, out, command=command, baseline=baseline,
                                unpaired=unpaired_seeds(jobs))

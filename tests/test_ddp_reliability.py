@@ -174,7 +174,7 @@ def test_crd_memory_banks_take_every_ranks_rows(tmp_path):
 
 def _nan_worker(rank: int, port: int, out: str) -> None:
     _env(rank, port)
-    from sldistill.engine.distributed import cleanup_distributed, init_distributed
+    from sldistill.engine.distributed import barrier, cleanup_distributed, init_distributed
     from sldistill.engine.trainer import NonFiniteLossError, Trainer
 
     info = init_distributed("cpu")
@@ -191,6 +191,7 @@ def _nan_worker(rank: int, port: int, out: str) -> None:
     except NonFiniteLossError as exc:
         message = str(exc)
     Path(out, f"nan{rank}.txt").write_text(message)
+    barrier()  # both ranks are past the error before the group goes away
     cleanup_distributed()
 
 
