@@ -70,7 +70,7 @@ def to_markdown(results: list[tuple[str, str, float, int]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Run the benchmarks and print their ratio tables.")
+    ap = argparse.ArgumentParser(prog="sldistill bench", description="Run the benchmarks and print their ratio tables.")
     ap.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     ap.add_argument("--out", type=Path, default=None, help="also write the outputs to this markdown file")
     args = ap.parse_args(argv)

@@ -9,7 +9,7 @@ from sldistill.cli import main
 def test_bench_rejects_unknown_names_with_the_valid_ones(capfd):
     assert main(["bench", "--only", "nope"]) == 2
     err = capfd.readouterr().err
-    assert "unknown benchmark(s) ['nope']" in err and "train_step" in err
+    assert "unknown benchmark(s) ['nope']" in err and "train_step" in err and "usage: sldistill bench" in err
 
 
 def test_report_lists_each_benchmark_with_its_output():
