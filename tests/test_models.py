@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sldistill.models import WrappedModel, available_models, create, load_state_dict_checked, load_weights
+from sldistill.models import WrappedModel, available_models, create, load_weights
 from sldistill.models.cifar.shufflenet import channel_shuffle
 
 # the registry drives the contract tests: a model is checked the moment it is registered

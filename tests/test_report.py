@@ -3,15 +3,15 @@ seeds needed) and ``sldistill report RUN_DIRS...``."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 import pytest
 from conftest import run_subcommand
+from runfiles import write_run_folder
 
 from sldistill import models
-from sldistill.engine.config import load_config, save_config
+from sldistill.engine.config import load_config
 from sldistill.published import PUBLISHED, SOURCES, experiment_key, lookup, teacher_top1
 from sldistill.report import MethodSummary, mean_ci, seeds_needed, t_quantile
 from sldistill.zoo_cli import group_records
@@ -104,16 +104,10 @@ def test_seeds_needed_for_half_a_point() -> None:
 _run = run_subcommand
 
 
+
+
 def _run_folder(path: Path, rel: str, seed: int, acc: list[float], *extra: str) -> Path:
-    cfg = load_config(CONFIGS / rel, ["EXPERIMENT.SEED", str(seed), "SOLVER.EPOCHS", str(len(acc)), *extra])
-    path.mkdir(parents=True)
-    save_config(cfg, path / "config.yaml")
-    with open(path / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["epoch", "lr", "test_acc"])
-        w.writerows([i, 0.05, a] for i, a in enumerate(acc, 1))
-    (path / "summary.json").write_text(json.dumps({"best_acc": max(acc), "last_acc": acc[-1]}))
-    return path
+    return write_run_folder(path, seed, acc, *extra, config=rel, lr=0.05, summary=True)
 
 
 KD = "cifar100/kd/resnet32x4_resnet8x4.yaml"

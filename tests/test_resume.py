@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED
+from runfiles import StopAtCheck
+from test_trainer import _one_thread, make_cfg, make_parts  # noqa: F401 (autouse fixture)
+
 from sldistill.engine.checkpoint import (
     atomic_save,
     capture_rng_state,
@@ -20,7 +22,6 @@ from sldistill.engine.checkpoint import (
 )
 from sldistill.engine.distributed import DistInfo
 from sldistill.engine.trainer import StopFlag, Trainer, install_signal_handlers
-from test_trainer import _one_thread, make_cfg, make_parts  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture
@@ -174,21 +175,6 @@ def _assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(v, b["model"][k]), k  # bitwise
 
 
-class _StopAtCheck(StopFlag):
-    """Acts as a SIGTERM arriving before the ``n``-th stop check (the trainer checks after every
-    iteration and after every epoch)."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.left = n
-
-    def __bool__(self) -> bool:
-        self.left -= 1
-        if self.left == 0:
-            self.set(signal.SIGTERM)
-        return self.signum is not None
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_cli_resume_of_real_run_equals_uninterrupted(cifar_env, tmp_path, restore_determinism, workers):
     from sldistill.cli import main
@@ -208,7 +194,7 @@ def test_cli_resume_of_real_run_equals_uninterrupted(cifar_env, tmp_path, restor
 
     # SIGTERM in epoch 2 after iteration 2 (checks: 4 iterations + end of epoch 1, then 2), resume
     cut = tmp_path / "cut"
-    res = train(load_config(SEED_CFG, _opts(cifar_env, cut, workers)), stop_flag=_StopAtCheck(7), log_interval=1)
+    res = train(load_config(SEED_CFG, _opts(cifar_env, cut, workers)), stop_flag=StopAtCheck(7), log_interval=1)
     assert res.status == "interrupted" and res.signal_name == "SIGTERM"
     ck = _student(cut)
     assert ck["interrupted"] and (ck["epoch"], ck["iteration"]) == (1, 2)

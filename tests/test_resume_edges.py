@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,12 +23,12 @@ import pytest
 import torch
 from conftest import run_subcommand
 from datagen import write_cifar100
+from runfiles import StopAtCheck, write_run_folder
 from torch import nn
 
 from sldistill.cli import main
-from sldistill.engine.config import load_config, run_dir, save_config
+from sldistill.engine.config import load_config, run_dir
 from sldistill.engine.rundir import RunFolderError, RunLock
-from sldistill.engine.trainer import StopFlag
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -59,18 +58,7 @@ def _hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-class _StopAtCheck(StopFlag):
-    """A SIGTERM arriving before the ``n``-th stop check (one after every iteration)."""
 
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.left = n
-
-    def __bool__(self) -> bool:
-        self.left -= 1
-        if self.left == 0:
-            self.set(signal.SIGTERM)
-        return self.signum is not None
 
 
 def _train(opts: list[str], **kw):
@@ -88,7 +76,7 @@ def _jsonl_epochs(run: Path) -> list[int]:
 def test_a_mid_epoch_resume_with_another_batch_order_is_refused_before_writing(data, tmp_path, capsys):
     opts = _opts(data, tmp_path / "out", batch=4)  # 4 batches an epoch
     run = _folder(opts)
-    assert _train(opts, stop_flag=_StopAtCheck(3)).status == "interrupted"  # after 3 of epoch 1's batches
+    assert _train(opts, stop_flag=StopAtCheck(3)).status == "interrupted"  # after 3 of epoch 1's batches
     before = _hashes(run)
     capsys.readouterr()
     assert main(["train", *_opts(data, tmp_path / "out", batch=16), "--resume"]) == 2  # 1 batch an epoch
@@ -113,7 +101,7 @@ def test_resuming_an_extended_run_without_its_epochs_says_to_pass_them(data, tmp
     short, longer = _opts(data, tmp_path / "out"), _opts(data, tmp_path / "out", epochs=2)
     run = _folder(short)
     assert main(["train", *short]) == 0
-    assert _train(longer, resume=True, stop_flag=_StopAtCheck(1)).status == "interrupted"  # in epoch 2
+    assert _train(longer, resume=True, stop_flag=StopAtCheck(1)).status == "interrupted"  # in epoch 2
     before = _hashes(run)
     capsys.readouterr()
     assert main(["train", *short, "--resume"]) == 2
@@ -180,7 +168,7 @@ def test_a_failure_to_release_the_lock_does_not_mask_the_error(data, tmp_path, c
 def test_eval_of_a_run_stopped_in_its_first_epoch_suggests_latest(data, tmp_path, capsys):
     opts = _opts(data, tmp_path / "out", batch=4)
     run = _folder(opts)
-    assert _train(opts, stop_flag=_StopAtCheck(2)).status == "interrupted"
+    assert _train(opts, stop_flag=StopAtCheck(2)).status == "interrupted"
     assert not (run / "best.pth").exists()
     capsys.readouterr()
     assert main(["eval", "--run", str(run)]) == 2
@@ -197,7 +185,7 @@ def test_a_resume_drops_the_jsonl_rows_of_the_epochs_it_trains_again(data, tmp_p
     assert _train(opts).status == "finished"
     assert _jsonl_epochs(run) == [1, 2]
     shutil.copyfile(run / "epoch_1.pth", run / "latest.pth")  # back to epoch 1: epoch 2 is trained again
-    assert _train(opts, resume=True, stop_flag=_StopAtCheck(1)).status == "interrupted"
+    assert _train(opts, resume=True, stop_flag=StopAtCheck(1)).status == "interrupted"
     assert _jsonl_epochs(run) == [1]  # the row of the epoch being re-run is gone at once
     assert [r["epoch"] for r in csv.DictReader(open(run / "metrics.csv"))] == ["1"]
     assert _train(opts, resume=True).status == "finished"
@@ -232,24 +220,12 @@ def test_a_teacherless_distiller_checks_the_logits_width(monkeypatch):
 
 # ------------------------------------------------------------------ 8./9. report
 
-def _report_run(path: Path, seed: int, acc: list[float], *extra: str) -> Path:
-    cfg = load_config(CONFIGS / "cifar100/kd/resnet32x4_resnet8x4.yaml",
-                      ["EXPERIMENT.SEED", str(seed), "SOLVER.EPOCHS", str(len(acc)), *extra])
-    path.mkdir(parents=True)
-    save_config(cfg, path / "config.yaml")
-    with open(path / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["epoch", "test_acc"])
-        w.writerows([i, a] for i, a in enumerate(acc, 1))
-    return path
-
-
 def test_report_counts_repeated_runs_of_a_seed_once(tmp_path, capsys):
     runs = tmp_path / "runs"
-    copies = [_report_run(runs / f"copy{k}", 0, [60.0, 70.0 + k]) for k in range(3)]
+    copies = [write_run_folder(runs / f"copy{k}", 0, [60.0, 70.0 + k]) for k in range(3)]
     for folder, when in zip(copies, (1000, 3000, 2000)):  # copy1 written last: it stands for seed 0
         os.utime(folder / "metrics.csv", (when, when))
-    _report_run(runs / "other", 1, [60.0, 75.0])
+    write_run_folder(runs / "other", 1, [60.0, 75.0])
     assert run_subcommand(["report", str(runs), "--csv", str(tmp_path / "r.csv")]) == 0
     captured = capsys.readouterr()
     assert "| kd,resnet32x4,resnet8x4 | 2 | 73.00 ± " in captured.out  # (71 + 75) / 2, two seeds
@@ -263,7 +239,7 @@ def test_read_run_keeps_the_config_and_grouping_labels_by_the_models_trained(tmp
     from sldistill.report import read_run
     from sldistill.zoo_cli import group_records
 
-    rec = read_run(_report_run(tmp_path / "r8", 0, [60.0], "DISTILLER.STUDENT", "resnet8"))
+    rec = read_run(write_run_folder(tmp_path / "r8", 0, [60.0], "DISTILLER.STUDENT", "resnet8"))
     assert rec.config["EXPERIMENT"]["TAG"] == "kd,resnet32x4,resnet8x4"  # as config.yaml has it
     assert rec.method == "kd,resnet32x4,resnet8"
     assert group_records([rec])[0].method == group_records([rec], by="tag")[0].method == "kd,resnet32x4,resnet8"

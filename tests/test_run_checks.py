@@ -12,10 +12,11 @@ import pytest
 import torch
 from conftest import run_subcommand
 from datagen import write_cifar100, write_image_folder, write_published_teacher
+from runfiles import write_run_folder
 from torch import nn
 
 from sldistill.cli import main
-from sldistill.engine.config import get_defaults, load_config, save_config
+from sldistill.engine.config import get_defaults, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -179,25 +180,13 @@ def test_top5_is_not_reported_as_100_for_few_classes(classes):
 # ------------------------------------------------------------------ 8./9. report
 
 
-def _run_folder(path: Path, seed: int, acc: list[float], *extra: str) -> Path:
-    cfg = load_config(CONFIGS / "cifar100/kd/resnet32x4_resnet8x4.yaml",
-                      ["EXPERIMENT.SEED", str(seed), "SOLVER.EPOCHS", str(len(acc)), *extra])
-    path.mkdir(parents=True)
-    save_config(cfg, path / "config.yaml")
-    with open(path / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["epoch", "test_acc"])
-        w.writerows([i, a] for i, a in enumerate(acc, 1))
-    return path
-
-
 def test_report_interval_is_clipped_to_the_accuracy_range(tmp_path, capsys):
     from sldistill.report import MethodSummary
 
     s = MethodSummary("kd", 2, 50.0, 56.6, 50.0, 56.6, "", best_values=[10.0, 90.0])
     assert s.best_ci == (0.0, 100.0)
-    _run_folder(tmp_path / "runs" / "s0", 0, [5.0, 10.0])
-    _run_folder(tmp_path / "runs" / "s1", 1, [80.0, 90.0])
+    write_run_folder(tmp_path / "runs" / "s0", 0, [5.0, 10.0])
+    write_run_folder(tmp_path / "runs" / "s1", 1, [80.0, 90.0])
     assert run_subcommand(["report", str(tmp_path / "runs"), "--csv", str(tmp_path / "r.csv")]) == 0
     assert "[0.00, 100.00]" in capsys.readouterr().out
     row = next(csv.DictReader(open(tmp_path / "r.csv")))
@@ -206,8 +195,8 @@ def test_report_interval_is_clipped_to_the_accuracy_range(tmp_path, capsys):
 
 def test_report_labels_runs_by_the_models_they_trained(tmp_path, capsys):
     for seed in range(2):
-        _run_folder(tmp_path / "runs" / f"x4_{seed}", seed, [70.0, 71.0 + seed])
-        _run_folder(tmp_path / "runs" / f"r8_{seed}", seed, [60.0, 61.0 + seed], "DISTILLER.STUDENT", "resnet8")
+        write_run_folder(tmp_path / "runs" / f"x4_{seed}", seed, [70.0, 71.0 + seed])
+        write_run_folder(tmp_path / "runs" / f"r8_{seed}", seed, [60.0, 61.0 + seed], "DISTILLER.STUDENT", "resnet8")
     assert run_subcommand(["report", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert "| kd,resnet32x4,resnet8x4 | 2 | 71.50" in out  # the TAG, where it is right
