@@ -9,8 +9,9 @@ teachers of the zoo use torchvision's ImageNet-1k weights unless a file is given
 :func:`download_teachers` fetches and unpacks the archive (``sldistill teachers download``):
 into a temporary file renamed only when complete, its size checked against the server's
 ``Content-Length`` and its SHA-256 against a given hash, every member checked to stay inside
-the target before anything is unpacked (:mod:`sldistill.models.archive`). The published archive's SHA-256 is not recorded here
-(:data:`TEACHER_ARCHIVE_SHA256` is ``None``): without ``sha256=`` only the size is checked.
+the target before anything is unpacked (:mod:`sldistill.models.archive`). The published
+archive's SHA-256 is not recorded here (:data:`TEACHER_ARCHIVE_SHA256` is ``None``): without
+``sha256=`` only the size is checked.
 Each download writes :data:`DOWNLOAD_RECORD` under the root (the URL, the archive's size and
 SHA-256, and each unpacked file's SHA-256), so the archive can be pinned later and
 ``sldistill teachers verify`` can tell a file changed since it was unpacked.
