@@ -39,15 +39,16 @@ its iteration, saves ``latest.pth`` with its mid-epoch position and releases its
 starts; one line names the finished, interrupted and unstarted runs, and :class:`SweepInterrupted`
 makes ``sldistill sweep`` exit with 130 / 143. Running the same sweep command again continues the interrupted
 runs mid-epoch (a second SIGINT stops at once, without saving).
+
+Here: planning the jobs (:func:`plan_sweep`), deciding on their run folders, and summarising
+and reporting (:func:`summarize_runs`, :func:`paired_differences`, :func:`write_sweep_report`);
+:func:`run_sweep` does all in order. Running the jobs (in this process or one subprocess per
+device), the signal handling and :class:`SweepInterrupted` are in :mod:`sldistill.sweep_run`
+(re-exported here); the ``sldistill sweep`` command line is :mod:`sldistill.sweep_cli`.
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -64,6 +65,7 @@ from sldistill.report import (
     table_notes,
     write_summary_csv,
 )
+from sldistill.sweep_run import SweepInterrupted, run_jobs, sweep_devices
 
 __all__ = ["SweepJob", "SweepResult", "PairedDiff", "SweepInterrupted", "plan_sweep", "run_sweep", "summarize_runs",
            "paired_differences", "unpaired_seeds", "write_sweep_report", "sweep_devices"]
@@ -112,44 +114,6 @@ class SweepResult:
     table: str
     files: dict[str, Path] = field(default_factory=dict)
     paired: list[PairedDiff] = field(default_factory=list)
-
-
-class SweepInterrupted(Exception):
-    """A stop signal ended the sweep; ``code`` is 128 + the signal number (130 SIGINT, 143
-    SIGTERM), the exit status ``sldistill sweep`` returns."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(f"sweep stopped by a signal (exit status {code})")
-        self.code = code
-
-
-@dataclass
-class _Progress:
-    """What became of a sweep's runs: finished (reused or trained now), interrupted, failed
-    (with a description), not started."""
-
-    finished: list[SweepJob] = field(default_factory=list)
-    interrupted: list[SweepJob] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    not_started: list[SweepJob] = field(default_factory=list)
-
-
-def _names(jobs: Sequence[SweepJob]) -> str:
-    return ", ".join(f"{j.method} seed {j.seed}" for j in jobs) or "none"
-
-
-def _stopped(signum: int, progress: _Progress) -> SweepInterrupted:
-    """Print the one line saying where the sweep stopped; the exception that ends it."""
-    parts = [f"finished: {_names(progress.finished)}",
-             "interrupted: " + (", ".join(f"{j.method} seed {j.seed} (in {j.run_dir})" for j in progress.interrupted)
-                                or "none")]
-    if progress.failed:
-        parts.append("failed: " + "; ".join(progress.failed))
-    if progress.not_started:
-        parts.append(f"not started: {_names(progress.not_started)}")
-    print(f"[sweep] stopped by {signal.Signals(signum).name}: {'; '.join(parts)}; run the same sweep command "
-          "again to continue", file=sys.stderr, flush=True)
-    return SweepInterrupted(128 + signum)
 
 
 def _label(cfg: Any) -> str:
@@ -208,21 +172,6 @@ def plan_sweep(cfg_files: Sequence[str | Path], seeds: int | Sequence[int], over
     return [runs[k] for k in range(len(seed_list)) for runs in per_cfg]
 
 
-def sweep_devices(cfg: Any, devices: Sequence[str] | None = None) -> list[str]:
-    """Devices to spread runs over: ``devices`` if given, else every visible CUDA device when
-    ``EXPERIMENT.DEVICE`` is ``auto`` or ``cuda`` and there are several, else ``[]`` (run one
-    after another in this process)."""
-    if devices:
-        return [str(d) for d in devices]
-    spec = str(cfg.EXPERIMENT.DEVICE).lower()
-    if spec not in ("auto", "cuda"):
-        return []
-    import torch
-
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [f"cuda:{i}" for i in range(n)] if n > 1 else []
-
-
 def _folder_decision(job: SweepJob, rerun: bool) -> str:
     """``"reuse"`` (a finished run of this config), ``"resume"`` (an unfinished one), ``"train"``
     (nothing there) or ``"overwrite"`` (``rerun``); a run of another config raises ValueError."""
@@ -264,82 +213,6 @@ def _use_teacher_caches(jobs: Sequence[SweepJob]) -> None:
             build_cache(plan.cfg, plan.path)
         for i in plan.runs:
             jobs[i].cfg.DISTILLER.TEACHER_CACHE = str(plan.path)
-
-
-def _launch_subprocess(job: SweepJob, device: str, log: Path) -> subprocess.Popen:
-    """Start ``python -m sldistill train`` for ``job`` on ``device``, output to ``log``."""
-    from sldistill.engine.config import save_config
-
-    cfg_file = save_config(job.cfg, log.parent / f"{job.method}_seed{job.seed}.yaml")
-    f = open(log, "w")  # noqa: SIM115 - closed when the process ends
-    cmd = [sys.executable, "-m", "sldistill", "train", "--cfg", str(cfg_file), "EXPERIMENT.DEVICE", device,
-           *{"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(getattr(job, "mode", "train"), [])]
-    # its own session: a Ctrl-C on the terminal reaches the sweep only, which forwards it once
-    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "SLDISTILL_DEBUG": "1"},
-                            start_new_session=True)
-    proc._sweep_log = f  # type: ignore[attr-defined]
-    return proc
-
-
-def _run_parallel(jobs: Sequence[SweepJob], devices: Sequence[str], out: Path,
-                  launch: Callable[[SweepJob, str, Path], subprocess.Popen] = _launch_subprocess,
-                  poll: float = 2.0, stop: Any = None) -> _Progress:
-    """Run ``jobs`` as subprocesses, one per device at a time; raise if any fails.
-
-    When ``stop`` (default: the SIGINT/SIGTERM flag) is set, no further run starts, the signal
-    goes to every running subprocess, and those are waited for; the returned progress says
-    what became of each run (failures then do not raise)."""
-    from sldistill.engine.control import STOP
-
-    flag = STOP if stop is None else stop
-    logs = out / "_launch"
-    logs.mkdir(parents=True, exist_ok=True)
-    pending = list(jobs)
-    running: dict[str, tuple[SweepJob, subprocess.Popen]] = {}
-    progress = _Progress()
-
-    def ended(job: SweepJob, proc: subprocess.Popen, rc: int, signum: int | None = None) -> None:
-        f = getattr(proc, "_sweep_log", None)
-        if f is not None:
-            f.close()
-        if rc == 0:
-            progress.finished.append(job)
-        elif signum is not None and rc in (128 + signum, -signum):  # saved and stopped, or killed while starting
-            progress.interrupted.append(job)
-        else:
-            progress.failed.append(f"{job.method} seed {job.seed} (exit {rc}; log "
-                                   f"{logs / f'{job.method}_seed{job.seed}.log'})")
-
-    while (pending or running) and not flag:
-        for dev in devices:
-            if dev not in running and pending:
-                job = pending.pop(0)
-                print(f"[sweep] {job.method} seed {job.seed} on {dev}", flush=True)
-                running[dev] = (job, launch(job, dev, logs / f"{job.method}_seed{job.seed}.log"))
-        deadline = time.monotonic() + poll
-        while not flag and time.monotonic() < deadline:  # short naps: a stop is forwarded at once
-            time.sleep(min(0.1, poll))
-        for dev, (job, proc) in list(running.items()):
-            rc = proc.poll()
-            if rc is not None:
-                ended(job, proc, rc)
-                del running[dev]
-    if flag.signum is not None:
-        signum = flag.signum
-        progress.not_started = pending
-        for _, proc in running.values():
-            proc.send_signal(signum)
-        try:
-            for job, proc in running.values():
-                ended(job, proc, proc.wait(), signum)
-        except KeyboardInterrupt:  # a second Ctrl-C: the runs stop at once too, without saving
-            for _, proc in running.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGINT)
-            raise
-    elif progress.failed:
-        raise RuntimeError("sweep runs failed: " + "; ".join(progress.failed))
-    return progress
 
 
 def paired_differences(records: Sequence[RunRecord], baseline: str, which: str = "best") -> list[PairedDiff]:
@@ -433,30 +306,6 @@ def write_sweep_report(summaries: Sequence[MethodSummary], records: Sequence[Run
     return files
 
 
-def _run_in_process(todo: Sequence[SweepJob], device: str | None, train_fn: Callable[..., Any],
-                    stop: Any) -> _Progress:
-    """Train ``todo`` one after another in this process until ``stop`` is set."""
-    progress = _Progress()
-    for i, job in enumerate(todo, 1):
-        if stop:
-            progress.not_started = list(todo[i - 1:])
-            break
-        print(f"[sweep] run {i}/{len(todo)}: {job.method} seed {job.seed} -> {job.run_dir}", flush=True)
-        if device is not None:
-            from sldistill.engine.config import merge_overrides
-
-            merge_overrides(job.cfg, [("EXPERIMENT.DEVICE", device)], source="<sweep>")
-        result = train_fn(job.cfg, resume=job.mode == "resume", overwrite=job.mode == "overwrite")
-        if result.status == "interrupted" and stop:
-            progress.interrupted.append(job)
-            progress.not_started = list(todo[i:])
-            break
-        if result.status != "finished":
-            raise RuntimeError(f"{job.method} seed {job.seed} ended {result.status!r}; rerun the sweep to continue")
-        progress.finished.append(job)
-    return progress
-
-
 def run_sweep(cfg_files: Sequence[str | Path], seeds: int | Sequence[int], overrides: Sequence[str] = (), *,
               out: str | Path = "runs/sweep", base: str | None = None, first_seed: int = 0,
               labels: Sequence[str] | None = None, devices: Sequence[str] | None = None, rerun: bool = False,
@@ -503,21 +352,7 @@ def run_sweep(cfg_files: Sequence[str | Path], seeds: int | Sequence[int], overr
         if job.mode == "resume":
             print(f"[sweep] {job.method} seed {job.seed}: resuming the unfinished run in {job.run_dir}", flush=True)
         todo.append(job)
-    devs = sweep_devices(jobs[0].cfg, devices)
-    from sldistill.engine.control import STOP, install_signal_handlers
-
-    STOP.clear()
-    restore = install_signal_handlers(STOP)  # a stop signal: the running run saves, no new one starts
-    try:
-        if len(devs) > 1:
-            progress = _run_parallel(todo, devs, out, stop=STOP)
-        else:
-            progress = _run_in_process(todo, devs[0] if devs else None, train_fn, STOP)
-    finally:
-        restore()
-    if STOP.signum is not None and (progress.interrupted or progress.not_started or progress.failed):
-        progress.finished[:0] = [j for j in jobs if j.mode == "reuse"]
-        raise _stopped(STOP.signum, progress)
+    run_jobs(todo, sweep_devices(jobs[0].cfg, devices), out, train_fn, reused=[j for j in jobs if j.mode == "reuse"])
     summaries, records = summarize_runs(jobs)
     files = write_sweep_report(summaries, records, out, command=command, baseline=baseline,
                                unpaired=unpaired_seeds(jobs))

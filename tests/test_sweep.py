@@ -12,7 +12,8 @@ import pytest
 
 from sldistill.engine.config import save_config
 from sldistill.report import aggregate, mean_std, read_run
-from sldistill.sweep import _folder_decision, _run_parallel, plan_sweep, run_sweep, summarize_runs, write_sweep_report
+from sldistill.sweep import _folder_decision, plan_sweep, run_sweep, summarize_runs, write_sweep_report
+from sldistill.sweep_run import _run_parallel
 
 KD = "fashion_mnist/kd/resnet20_resnet8.yaml"
 SLD = "fashion_mnist/sld/resnet20_resnet8.yaml"

@@ -22,7 +22,8 @@ from datagen import write_fashion_mnist
 from sldistill import models
 from sldistill.engine.checkpoint import load_checkpoint
 from sldistill.engine.control import StopFlag
-from sldistill.sweep import SweepInterrupted, _run_parallel, plan_sweep, run_sweep
+from sldistill.sweep import SweepInterrupted, plan_sweep, run_sweep
+from sldistill.sweep_run import _run_parallel
 
 REPO = Path(__file__).resolve().parents[1]
 KD = REPO / "configs" / "fashion_mnist" / "kd" / "resnet20_resnet8.yaml"
