@@ -99,7 +99,8 @@ def _launch_subprocess(job: SweepJob, device: str, log: Path) -> subprocess.Pope
 def _run_parallel(jobs: Sequence[SweepJob], devices: Sequence[str], out: Path,
                   launch: Callable[[SweepJob, str, Path], subprocess.Popen] = _launch_subprocess,
                   poll: float = 2.0, stop: Any = None) -> _Progress:
-    """Run ``jobs`` as subprocesses, one per device at a time; raise if any fails.
+    """Run ``jobs`` as subprocesses, one per entry of ``devices`` at a time (a device named twice,
+    ``cpu,cpu`` or ``cuda:0,cuda:0``, runs two at once); raise if any fails.
 
     When ``stop`` (default: the SIGINT/SIGTERM flag) is set, no further run starts, the signal
     goes to every running subprocess, and those are waited for; the returned progress says
@@ -110,7 +111,7 @@ def _run_parallel(jobs: Sequence[SweepJob], devices: Sequence[str], out: Path,
     logs = out / "_launch"
     logs.mkdir(parents=True, exist_ok=True)
     pending = list(jobs)
-    running: dict[str, tuple[SweepJob, subprocess.Popen]] = {}
+    running: dict[int, tuple[SweepJob, subprocess.Popen]] = {}  # by slot: the position in ``devices``
     progress = _Progress()
 
     def ended(job: SweepJob, proc: subprocess.Popen, rc: int, signum: int | None = None) -> None:
@@ -126,19 +127,19 @@ def _run_parallel(jobs: Sequence[SweepJob], devices: Sequence[str], out: Path,
                                    f"{logs / f'{job.method}_seed{job.seed}.log'})")
 
     while (pending or running) and not flag:
-        for dev in devices:
-            if dev not in running and pending:
+        for slot, dev in enumerate(devices):
+            if slot not in running and pending:
                 job = pending.pop(0)
                 print(f"[sweep] {job.method} seed {job.seed} on {dev}", flush=True)
-                running[dev] = (job, launch(job, dev, logs / f"{job.method}_seed{job.seed}.log"))
+                running[slot] = (job, launch(job, dev, logs / f"{job.method}_seed{job.seed}.log"))
         deadline = time.monotonic() + poll
         while not flag and time.monotonic() < deadline:  # short naps: a stop is forwarded at once
             time.sleep(min(0.1, poll))
-        for dev, (job, proc) in list(running.items()):
+        for slot, (job, proc) in list(running.items()):
             rc = proc.poll()
             if rc is not None:
                 ended(job, proc, rc)
-                del running[dev]
+                del running[slot]
     if flag.signum is not None:
         signum = flag.signum
         progress.not_started = pending

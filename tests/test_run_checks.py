@@ -202,3 +202,29 @@ def test_report_labels_runs_by_the_models_they_trained(tmp_path, capsys):
     assert "| kd,resnet32x4,resnet8x4 | 2 | 71.50" in out  # the TAG, where it is right
     assert "| kd,resnet32x4,resnet8 | 2 | 61.50" in out
     assert "#1" not in out and "#2" not in out
+
+
+# ------------------------------------------------------------------ warnings of the start go to the log
+
+
+def test_warnings_while_building_are_logged_once_as_warning_lines(env, tmp_path, capfd):
+    args = [*_args(env, tmp_path / "out"), "DISTILLER.TYPE", "SLD", "DISTILLER.TEACHER", "resnet8",
+            "DISTILLER.TEACHER_CKPT", str(env["teacher"])]
+    assert main(args) == 0
+    out, err = capfd.readouterr()
+    log = (tmp_path / "out" / "distill" / "run" / "log.txt").read_text()
+    for text in (out, log):
+        assert text.count("warning: SLD.GAMMA = 150 >= SOLVER.EPOCHS 1") == 1, text
+        assert text.count("warning: dropping the last training batch") == 1  # 17 images, batch 8
+    assert "UserWarning" not in err and "never switches on" not in err  # not as a Python warning
+
+
+def test_image_size_is_refused_where_the_views_have_fixed_sizes(env):
+    from sldistill.data import build_datasets
+
+    cfg = load_config(None, ["DATASET.TYPE", "cifar100", "DATASET.ROOT", str(env["data"]), "DATASET.IMAGE_SIZE", "64"])
+    with pytest.raises(ValueError, match=r"DATASET.IMAGE_SIZE 64 does not apply to DATASET.TYPE 'cifar100'.*folder"):
+        build_datasets(cfg)
+    cfg = load_config(None, ["DATASET.TYPE", "folder", "DATASET.ROOT", str(env["folder"]), "DATASET.IMAGE_SIZE", "16"])
+    views, _label, _index = build_datasets(cfg).train[0]
+    assert views[0].shape == (16, 16, 3)  # H x W x 3 at the asked size

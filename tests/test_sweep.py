@@ -198,6 +198,18 @@ def test_parallel_runs_one_per_device(tmp_path: Path) -> None:
                       launch=lambda job, dev, path: _FakeProc([], job, dev, job.seed), poll=0.0)
 
 
+def test_a_device_named_twice_runs_two_at_once(tmp_path: Path) -> None:
+    jobs = plan_sweep([KD], 4, out=tmp_path / "sw")
+    log: list = []
+    _run_parallel(jobs, ["cpu", "cpu"], tmp_path / "sw", launch=lambda job, dev, path: _FakeProc(log, job, dev, 0),
+                  poll=0.0)
+    running, most = 0, 0
+    for kind, _seed, _dev in log:
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most == 2 and sorted(e[1] for e in log if e[0] == "start") == [0, 1, 2, 3]
+
+
 # ------------------------------------------------------------------ views, paired comparisons, published numbers
 
 

@@ -271,6 +271,11 @@ def test_command_line(setup, built, capsys, tmp_path):
     cfg_file = tmp_path / "kd.yaml"
     cfg_file.write_text("DISTILLER:\n  TYPE: KD\n")
     out = tmp_path / "cli.tcache"
+    with pytest.MonkeyPatch.context() as mp:  # under torchrun: refused before anything is written
+        mp.setenv("WORLD_SIZE", "2")
+        with pytest.raises(ValueError, match=r"one process, not under torchrun \(WORLD_SIZE=2\)"):
+            run("teacher-cache", "build", "--cfg", str(cfg_file), "--out", str(out), "--no-progress", *common)
+    assert not out.exists()
     assert run("teacher-cache", "build", "--cfg", str(cfg_file), "--out", str(out), "--no-progress", *common) == 0
     assert f"DISTILLER.TEACHER_CACHE {out}" in capsys.readouterr().out
     assert run("teacher-cache", "check", "--cache", str(out), "--cfg", str(cfg_file), *common) == 0

@@ -45,7 +45,8 @@ DATA_KEYS: dict[str, Key] = {
                                "keep the subset fixed across seeds).", ge=-1),
     "DATASET.PIN_MEMORY": Key(True, "Pin host memory of batches (takes effect on CUDA only)."),
     "DATASET.IMAGE_SIZE": Key(0, "`folder` datasets (and registered ones without transforms of their own): "
-                              "image side for training and test (0: the dataset's size, 32 for `folder`).", ge=0),
+                              "image side for training and test (0: the dataset's size, 32 for `folder`). "
+                              "Refused for datasets with fixed views (CIFAR-100, ImageNet, ...).", ge=0),
     "DATASET.DROP_LAST": Key(False, "Drop the last short training batch (published loaders keep it; a one-image "
                              "batch is always dropped)."),
 }

@@ -43,7 +43,7 @@ from .collate import TRAIN_BATCH_KEYS, BatchCollate
 from .contrastive import ContrastiveDataset
 from .datasets import ArrayDataset, FileDataset, resolve_root
 from .keys import data_option
-from .registry import get_dataset
+from .registry import available_datasets, get_dataset
 from .sampling import EpochSampler, ShardSampler, worker_init
 from .transforms import finite_view_problem
 
@@ -146,6 +146,11 @@ def build_datasets(cfg: Any, *, num_views: int = 1, contrastive: bool = False, r
         raise ValueError(f"num_views must be an int >= 1, got {num_views!r}")
     seed = int(cfg_get(cfg, "EXPERIMENT.SEED", 0) if seed is None else seed)
     root = resolve_root(data_option(cfg, "DATASET.ROOT"))
+    size = data_option(cfg, "DATASET.IMAGE_SIZE")
+    if size and not entry.sized:
+        sized = ", ".join(n for n in available_datasets() if get_dataset(n).sized)
+        raise ValueError(f"DATASET.IMAGE_SIZE {size} does not apply to DATASET.TYPE {entry.name!r}, whose views "
+                         f"have sizes of their own; it applies to: {sized} (leave it at 0 here)")
     train_view, test_view = entry.transforms(cfg)
     read = entry.read(cfg, root, data_option(cfg, "DATASET.DOWNLOAD"), rank)
     train_split, val_split, classes = read[:3]

@@ -98,6 +98,12 @@ class DatasetEntry:
     transforms: Callable[[Any], tuple[Transform, Transform]]
     crd_replace: bool | None = None
 
+    @property
+    def sized(self) -> bool:
+        """Whether its views follow ``DATASET.IMAGE_SIZE`` (the default transforms do; a
+        dataset registered with transforms of its own decides its sizes itself)."""
+        return isinstance(self.transforms, partial) and self.transforms.func is _sized_transforms
+
 
 _DATASETS: dict[str, DatasetEntry] = {}
 

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -191,8 +192,8 @@ def plan_run_folder(cfg: Any, run_dir: Path, resume: bool, overwrite: bool, allo
                     f"--resume: {run_dir} stopped in the middle of epoch {epoch + 1} (after "
                     f"{int(ckpt.get('iteration', 0))} batches), and this start changes that epoch's batches: "
                     f"{'; '.join(order)}. A mid-epoch resume replays the epoch's batches up to the interrupt, so "
-                    "resume with the old values; a resume at an epoch boundary may change them (with "
-                    "--allow-config-change)")
+                    "resume with the old values; a resume at an epoch boundary may change them (the "
+                    "process count and batch size freely, the seed and the data with --allow-config-change)")
         planned = int(flat_config(old_cfg).get("SOLVER.EPOCHS", epoch) or epoch)
         if epoch >= int(cfg.SOLVER.EPOCHS):
             if planned > epoch:  # not finished: it was training to more epochs than this config asks for
@@ -309,10 +310,14 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
         seed = int(cfg.EXPERIMENT.SEED)
         set_determinism(bool(cfg.EXPERIMENT.DETERMINISTIC), dist_info.device)
         seed_everything(seed)
-        loaders = build_run_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size,
-                                    device=dist_info.device, seed=seed)
-        distiller = build_distiller_for(cfg, loaders.num_classes, loaders.num_train)
-        cache = attach_teacher_cache(cfg, distiller, loaders.datasets)
+        # warnings raised while building (a dropped last batch, a connector's width, SLD.GAMMA past
+        # the run) go to the run's log as "warning:" lines, once, from rank 0
+        with warnings.catch_warnings(record=True) as start_warnings:
+            warnings.simplefilter("always")
+            loaders = build_run_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size,
+                                        device=dist_info.device, seed=seed)
+            distiller = build_distiller_for(cfg, loaders.num_classes, loaders.num_train)
+            cache = attach_teacher_cache(cfg, distiller, loaders.datasets)
         if dist_info.rank:  # different augmentation streams per process, same initial weights
             seed_everything(seed + dist_info.rank)
         if dist_info.is_main and overwrite:
@@ -331,6 +336,8 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False, allow_conf
                     f"training and {loaders.num_val} validation images, {loaders.num_classes} classes")
         for note in ds.notes if ds is not None else []:
             logger.info(note)
+        for message in dict.fromkeys(str(w.message) for w in start_warnings):
+            logger.info(f"warning: {message}")
         if cache is not None:
             logger.info(f"teacher cache: {cfg.DISTILLER.TEACHER_CACHE} (the weak view's teacher logits are read "
                         "from it)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 __all__ = ["add_teacher_cache_parser", "cmd_teacher_cache_build", "cmd_teacher_cache_info",
@@ -73,10 +74,16 @@ def add_teacher_cache_parser(sub: argparse._SubParsersAction) -> argparse.Argume
 
 
 def cmd_teacher_cache_build(args: argparse.Namespace) -> int:
-    """Run ``sldistill teacher-cache build``."""
+    """Run ``sldistill teacher-cache build`` (one process: under torchrun the ranks would race
+    for the one file, so several processes are refused)."""
     from .build import build_cache
     from .cache import open_cache
 
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise ValueError(f"teacher-cache build runs in one process, not under torchrun (WORLD_SIZE={world}): "
+                         "build the cache once with `sldistill teacher-cache build ...`, then give it to the "
+                         "multi-process run as DISTILLER.TEACHER_CACHE")
     cfg = _load(args)
     try:
         path = build_cache(cfg, args.out, batch_size=args.batch_size, progress=not args.no_progress)
