@@ -186,6 +186,8 @@ def _folder_decision(job: SweepJob, rerun: bool) -> str:
     if rerun:
         return "overwrite"
     cfg_file = d / "config.yaml"
+    if not cfg_file.is_file() and not (d / "latest.pth").is_file():
+        return "overwrite"  # stopped while starting: no config, no checkpoint, nothing to keep
     saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
     changes, _ = config_changes(saved or {}, job.cfg)
     # the cache gives the teacher's own logits: whether a run read one does not change it

@@ -138,6 +138,13 @@ def test_read_run_errors(tmp_path: Path) -> None:
     assert mean_std([3.0]) == (3.0, 0.0)
 
 
+def test_a_run_stopped_while_starting_is_trained_again(tmp_path: Path) -> None:
+    job = _plan(tmp_path, seeds=1)[0]
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "log.txt").write_text("run folder: ...\n")  # no config.yaml, no checkpoint
+    assert _folder_decision(job, rerun=False) == "overwrite"
+
+
 def test_finished_run_is_reused_only_for_the_same_config(tmp_path: Path) -> None:
     jobs = _plan(tmp_path, seeds=1)
     assert _folder_decision(jobs[0], rerun=False) == "train"
