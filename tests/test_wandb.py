@@ -71,24 +71,43 @@ def _records(path: Path) -> Iterator[Any]:
             yield rec
 
 
-def _read_offline_run(wandb_dir: Path, run_id: str) -> list[dict[str, Any]]:
-    """Every offline run folder of ``run_id``, oldest first: its run record, history rows, summary."""
-    out = []
-    for f in sorted(wandb_dir.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")):
-        run, history, summary = None, [], {}
-        for rec in _records(f):
-            kind = rec.WhichOneof("record_type")
-            if kind == "run":
-                run = rec.run
-            elif kind == "history":
-                history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
-            elif kind == "summary":
-                for i in rec.summary.update:
-                    summary[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
-        assert run is not None, f
-        config = {i.key: json.loads(i.value_json) for i in run.config.update}
-        out.append({"run": run, "config": config, "history": history, "summary": summary})
-    return out
+def _parse_offline_run(f: Path) -> dict[str, Any] | None:
+    """One offline run file's run record, history rows and summary; ``None`` while the W&B service
+    has not yet written it out (no run record, or no exit record)."""
+    run, history, summary, ended = None, [], {}, False
+    try:
+        records = list(_records(f))
+    except Exception:  # a record cut off mid-write
+        return None
+    for rec in records:
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            run = rec.run
+        elif kind == "history":
+            history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "summary":
+            for i in rec.summary.update:
+                summary[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+        elif kind == "exit":
+            ended = True
+    if run is None or not ended:
+        return None
+    config = {i.key: json.loads(i.value_json) for i in run.config.update}
+    return {"run": run, "config": config, "history": history, "summary": summary}
+
+
+def _read_offline_run(wandb_dir: Path, run_id: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Every offline run folder of ``run_id``, oldest first: its run record, history rows, summary.
+    The W&B service writes the files in the background: wait (up to ``timeout`` s) until each is
+    complete."""
+    files = sorted(wandb_dir.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
+    deadline = time.monotonic() + timeout
+    while True:
+        parsed = [_parse_offline_run(f) for f in files]
+        if all(p is not None for p in parsed):
+            return [p for p in parsed if p is not None]
+        assert time.monotonic() < deadline, [f for f, p in zip(files, parsed) if p is None]
+        time.sleep(0.2)
 
 
 ROWS = {1: {"lr": 0.05, "train_loss_ce": 2.1, "train_acc": 30.0, "test_acc": 41.5, "test_acc_top5": 80.0,
