@@ -200,8 +200,7 @@ class MetricLogger:
     def drop_epochs_from(self, epoch: int) -> None:
         """Forget the rows of ``epoch`` and later in ``metrics.csv`` and ``metrics.jsonl`` (a
         resumed run trains them again and logs them anew; called on resume with the first epoch
-        it trains, and by :meth:`log_epoch`). Each file is rewritten, atomically, only when it
-        holds such rows."""
+        it trains). Each file is rewritten, atomically, only when it holds such rows."""
         if not self.enabled or self.run_dir is None:
             return
         kept = [r for r in self._rows if _epoch_of(r) < epoch]
@@ -236,12 +235,12 @@ class MetricLogger:
         tmp.replace(self.run_dir / "metrics.csv")
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Append one epoch's metrics to the CSV/JSONL files and TensorBoard (rows of this epoch
-        or later already there, from before a resume, are dropped first)."""
+        """Append one epoch's metrics to the CSV/JSONL files and TensorBoard (a CSV row of this
+        epoch or later is replaced; a resume has dropped such rows from both files already)."""
         if not self.enabled or self.run_dir is None:
             return
         row = {"epoch": int(epoch), **{k: _plain(v) for k, v in metrics.items()}}
-        self.drop_epochs_from(epoch)
+        self._rows = [r for r in self._rows if _epoch_of(r) < epoch]
         self._rows.append(row)
         new_cols = [k for k in row if k not in self._columns]
         self._columns.extend(new_cols)
